@@ -1,0 +1,27 @@
+"""Typed keys of everything the aiohttp application holds."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+
+import asyncpg
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from gateway.metrics import Metrics
+from gateway.ratelimit import LoginLimiter
+from gateway.security import PasswordService, TokenService
+from gateway.settings import Settings
+
+ReadinessCheck = tuple[str, Callable[[], Awaitable[str | None]]]
+
+SETTINGS = web.AppKey("settings", Settings)
+DATABASE_URL = web.AppKey("database_url", str)
+POOL = web.AppKey("pool", asyncpg.Pool)
+TOKENS = web.AppKey("tokens", TokenService)
+PASSWORDS = web.AppKey("passwords", PasswordService)
+LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
+REGISTRY = web.AppKey("registry", CollectorRegistry)
+METRICS = web.AppKey("metrics", Metrics)
+# (name, check): each check answers None when ready, or why not.
+READINESS = web.AppKey("readiness", list[ReadinessCheck])

@@ -1,0 +1,202 @@
+"""wagate's command line: `serve` (default), `migrate`, `create-user`, `settings`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import fcntl
+import os
+import signal
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import IO
+
+import structlog
+from aiohttp import web
+
+from db import migrate, users
+from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
+from db.migrate import SchemaTooNewError
+from db.pool import DatabaseUnavailableError, connect
+from gateway.app import create_app
+from gateway.bootstrap import BootstrappedAdmin
+from gateway.logs import configure_logging
+from gateway.security import PasswordService
+from gateway.settings import Settings, settings_table
+
+log = structlog.get_logger("wagate")
+
+SERVE_LOCK = "serve.lock"
+
+
+class CliError(Exception):
+    """A failure worth one clear line on stderr and exit code 1."""
+
+
+@contextlib.contextmanager
+def data_dir_lock(settings: Settings) -> Iterator[None]:
+    """One `serve` per data directory: two would fight over the embedded PostgreSQL."""
+    settings.ensure_data_dir()
+    path = settings.data_dir / SERVE_LOCK
+    handle: IO[str] = path.open("a+", encoding="utf-8")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise CliError(
+                f"another `run.py serve` is already using {settings.data_dir} "
+                "(stop it first, or point WAGATE_DATA_DIR elsewhere)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()
+
+
+def announce_admin(admin: BootstrappedAdmin) -> None:
+    lines = ["", "First start: an admin account was created.", f"  e-mail:   {admin.email}"]
+    if admin.generated_password is not None:
+        lines.append(f"  password: {admin.generated_password}")
+        lines.append(f"  (also kept in {admin.password_file}, mode 0600; delete it once noted)")
+    else:
+        lines.append("  password: the one in WAGATE_ADMIN_PASSWORD")
+    print("\n".join(lines) + "\n", flush=True)
+
+
+async def serve(settings: Settings) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    app = create_app(settings, announce_admin=announce_admin)
+    runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
+    try:
+        setup = asyncio.ensure_future(runner.setup())
+        stopper = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({setup, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if not setup.done():
+            log.info("stop requested during start-up")
+            await setup  # let start-up finish so that cleanup sees a consistent state
+            stopper.cancel()
+            return
+        stopper.cancel()
+        setup.result()
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_address=True)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise CliError(f"cannot listen on {settings.host}:{settings.port}: {exc}") from exc
+        host, port = runner.addresses[0][:2]
+        shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
+        print(f"wagate is serving on http://{shown}:{port}  (Ctrl-C stops it)", flush=True)
+        log.info("serving", host=host, port=port)
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()
+        log.info("stopped")
+
+
+@contextlib.asynccontextmanager
+async def database(settings: Settings) -> AsyncIterator[str]:
+    """A URL for CLI commands: the configured one, or the embedded server (started if needed)."""
+    if settings.database_url is not None:
+        yield settings.database_url.get_secret_value()
+        return
+    pg = EmbeddedPostgres(settings.pg_dir)
+    url = await asyncio.to_thread(pg.start)
+    try:
+        yield url
+    finally:
+        if pg.started_here:
+            await asyncio.to_thread(pg.stop)
+
+
+async def run_migrate(settings: Settings) -> None:
+    async with database(settings) as url:
+        conn = await connect(url)
+        try:
+            applied = await migrate.migrate(conn)
+            version = await migrate.current_version(conn)
+        finally:
+            await conn.close()
+    if applied:
+        print(f"applied migrations {applied}; schema at version {version}")
+    else:
+        print(f"schema already at version {version}; nothing to do")
+
+
+async def run_create_user(settings: Settings, email: str, password: str, admin: bool) -> None:
+    if len(password) < 8:
+        raise CliError("the password needs at least 8 characters")
+    async with database(settings) as url:
+        conn = await connect(url)
+        try:
+            await migrate.migrate(conn)
+            created = await users.create(
+                conn,
+                email=email,
+                password_hash=PasswordService().hash_sync(password),
+                role="admin" if admin else "operator",
+            )
+        finally:
+            await conn.close()
+    if created is None:
+        raise CliError(f"a user with e-mail {email} already exists")
+    print(f"created {created.role} {created.email} (id {created.id})")
+
+
+def print_settings() -> None:
+    width = max(len(name) for name, _, _ in settings_table())
+    for name, default, description in settings_table():
+        print(f"{name:<{width}}  {default or '-':<24}  {description}")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="run.py", description="wagate, a WhatsApp gateway")
+    sub = p.add_subparsers(dest="command")
+    sub.add_parser("serve", help="serve the API and web UI (the default)")
+    sub.add_parser("migrate", help="apply database migrations and exit")
+    cu = sub.add_parser("create-user", help="create a user")
+    cu.add_argument("--email", required=True)
+    cu.add_argument("--password", required=True)
+    cu.add_argument("--admin", action="store_true", help="make the user an admin")
+    sub.add_parser("settings", help="list every WAGATE_* setting with its default")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    command = args.command or "serve"
+    if command == "settings":
+        print_settings()
+        return 0
+    try:
+        settings = Settings()
+    except Exception as exc:
+        print(f"wagate: invalid settings: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_format, settings.log_level)
+    try:
+        if command == "serve":
+            lock = data_dir_lock(settings) if settings.uses_embedded_db else contextlib.nullcontext()
+            with lock:
+                asyncio.run(serve(settings))
+        elif command == "migrate":
+            asyncio.run(run_migrate(settings))
+        elif command == "create-user":
+            asyncio.run(run_create_user(settings, args.email, args.password, args.admin))
+    except (CliError, SchemaTooNewError, DatabaseUnavailableError, EmbeddedPostgresError) as exc:
+        print(f"wagate: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
