@@ -10,7 +10,6 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
 from typing import IO
 
 import structlog
@@ -185,7 +184,9 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         if command == "serve":
-            lock = data_dir_lock(settings) if settings.uses_embedded_db else contextlib.nullcontext()
+            lock = (
+                data_dir_lock(settings) if settings.uses_embedded_db else contextlib.nullcontext()
+            )
             with lock:
                 asyncio.run(serve(settings))
         elif command == "migrate":

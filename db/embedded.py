@@ -9,16 +9,20 @@ as a dedicated system user, created on first use.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+import psutil
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +30,14 @@ SYSTEM_USER = "wagate_pg"
 DB_USER = "postgres"
 _SOCKET_NAME = ".s.PGSQL.5432"
 _MAX_SOCKET_PATH = 100  # sun_path is 108 bytes on Linux; keep a margin
+
+
+def process_alive(pid: int) -> bool:
+    """True while `pid` runs (a zombie waiting to be reaped counts as gone)."""
+    try:
+        return bool(psutil.Process(pid).status() != psutil.STATUS_ZOMBIE)
+    except psutil.NoSuchProcess:
+        return False
 
 
 class EmbeddedPostgresError(RuntimeError):
@@ -172,12 +184,8 @@ class EmbeddedPostgres:
             pid = int(lines[0])
         except ValueError:
             return None
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
+        if not process_alive(pid):
             return None
-        except PermissionError:
-            pass
         ready = len(lines) >= 8 and lines[7].strip() == "ready"
         return PostmasterStatus(pid=pid, socket_dir=Path(lines[4].strip()), ready=ready)
 
@@ -298,11 +306,10 @@ class EmbeddedPostgres:
             )
         except EmbeddedPostgresError:
             log.warning("pg_ctl stop failed; sending SIGQUIT to postmaster %s", current.pid)
-            try:
-                os.kill(current.pid, 3)
-            except ProcessLookupError:
-                return
-            deadline = time.monotonic() + 2
-            while time.monotonic() < deadline and self.is_running():
-                time.sleep(0.05)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(current.pid, signal.SIGQUIT)
+        # pg_ctl returns once postmaster.pid is gone, a moment before the process exits.
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline and process_alive(current.pid):
+            time.sleep(0.02)
         log.info("embedded PostgreSQL stopped")

@@ -12,8 +12,10 @@ import logging
 import re
 from dataclasses import dataclass
 from importlib import resources
+from typing import TYPE_CHECKING
 
-import asyncpg
+if TYPE_CHECKING:
+    from db import Conn
 
 log = logging.getLogger(__name__)
 
@@ -66,13 +68,13 @@ def latest_version() -> int:
     return migrations[-1].version if migrations else 0
 
 
-async def current_version(conn: asyncpg.Connection) -> int:
+async def current_version(conn: Conn) -> int:
     if not await conn.fetchval(_TABLE_EXISTS):
         return 0
     return int(await conn.fetchval(_MAX_VERSION))
 
 
-async def migrate(conn: asyncpg.Connection) -> list[int]:
+async def migrate(conn: Conn) -> list[int]:
     """Bring the schema up to date; return the versions applied by this call."""
     migrations = load_migrations()
     newest = migrations[-1].version if migrations else 0
@@ -101,6 +103,6 @@ async def migrate(conn: asyncpg.Connection) -> list[int]:
     return applied_now
 
 
-async def check_current(conn: asyncpg.Connection) -> tuple[int, int]:
+async def check_current(conn: Conn) -> tuple[int, int]:
     """(database version, code version)."""
     return await current_version(conn), latest_version()

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from db import Executor
 
 Role = Literal["admin", "operator"]
 
@@ -57,7 +60,7 @@ class User:
 
 
 async def create(
-    conn: asyncpg.Connection | asyncpg.Pool,
+    conn: Executor,
     *,
     email: str,
     password_hash: str,
@@ -69,35 +72,31 @@ async def create(
     return User.from_row(row) if row else None
 
 
-async def get(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> User | None:
+async def get(conn: Executor, user_id: int) -> User | None:
     row = await conn.fetchrow(_BY_ID, user_id)
     return User.from_row(row) if row else None
 
 
-async def get_by_email(conn: asyncpg.Connection | asyncpg.Pool, email: str) -> User | None:
+async def get_by_email(conn: Executor, email: str) -> User | None:
     row = await conn.fetchrow(_BY_EMAIL, email)
     return User.from_row(row) if row else None
 
 
-async def list_all(conn: asyncpg.Connection | asyncpg.Pool) -> list[User]:
+async def list_all(conn: Executor) -> list[User]:
     return [User.from_row(row) for row in await conn.fetch(_LIST)]
 
 
-async def count_admins(conn: asyncpg.Connection | asyncpg.Pool) -> int:
+async def count_admins(conn: Executor) -> int:
     return int(await conn.fetchval(_COUNT_ADMINS))
 
 
-async def touch_login(conn: asyncpg.Connection | asyncpg.Pool, user_id: int) -> None:
+async def touch_login(conn: Executor, user_id: int) -> None:
     await conn.execute(_TOUCH_LOGIN, user_id)
 
 
-async def set_password(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, password_hash: str
-) -> None:
+async def set_password(conn: Executor, user_id: int, password_hash: str) -> None:
     await conn.execute(_SET_PASSWORD, user_id, password_hash)
 
 
-async def set_disabled(
-    conn: asyncpg.Connection | asyncpg.Pool, user_id: int, disabled: bool
-) -> None:
+async def set_disabled(conn: Executor, user_id: int, disabled: bool) -> None:
     await conn.execute(_SET_DISABLED, user_id, disabled)

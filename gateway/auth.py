@@ -10,7 +10,7 @@ from aiohttp import web
 from db import users
 from db.users import User
 from gateway.errors import Unauthorized
-from gateway.keys import POOL, SETTINGS, TOKENS
+from gateway.keys import POOL, REQUEST_USER, SETTINGS, TOKENS
 from gateway.security import InvalidTokenError
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -54,13 +54,13 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             if token is None:
                 raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
             user = await user_from_token(request, token)
-            request["user"] = user
+            request[REQUEST_USER] = user
             structlog.contextvars.bind_contextvars(user_id=user.id)
     return await handler(request)
 
 
 def current_user(request: web.Request) -> User:
-    user = request.get("user")
-    if not isinstance(user, User):  # pragma: no cover - the middleware guarantees it
+    user: User | None = request.get(REQUEST_USER)
+    if user is None:  # pragma: no cover - the middleware guarantees it
         raise Unauthorized()
     return user

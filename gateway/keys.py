@@ -8,6 +8,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import CollectorRegistry
 
+from db.users import User
 from gateway.metrics import Metrics
 from gateway.ratelimit import LoginLimiter
 from gateway.security import PasswordService, TokenService
@@ -25,3 +26,7 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", Metrics)
 # (name, check): each check answers None when ready, or why not.
 READINESS = web.AppKey("readiness", list[ReadinessCheck])
+
+# Per-request values.
+REQUEST_USER = web.RequestKey("user", User)
+REQUEST_ID = web.RequestKey("request_id", str)

@@ -17,6 +17,8 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from gateway.keys import REQUEST_ID
+
 _SECRET_KEYS = re.compile(
     r"pass(word)?|secret|token|authorization|api[_-]?key|cookie|credential", re.IGNORECASE
 )
@@ -105,7 +107,7 @@ async def request_log_middleware(request: web.Request, handler: Handler) -> web.
     """Give each request an id (or keep a sane `X-Request-ID`), bind it to every log line."""
     incoming = request.headers.get("X-Request-ID", "")
     request_id = incoming if re.fullmatch(r"[A-Za-z0-9._-]{1,64}", incoming) else uuid.uuid4().hex
-    request["request_id"] = request_id
+    request[REQUEST_ID] = request_id
     started = time.perf_counter()
     status = 500
     with structlog.contextvars.bound_contextvars(request_id=request_id):

@@ -6,6 +6,7 @@ import time
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -48,7 +49,7 @@ def route_label(request: web.Request) -> str:
     return resource.canonical
 
 
-def metrics_middleware(metrics: Metrics) -> Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]:
+def metrics_middleware(metrics: Metrics) -> Middleware:
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
         started = time.perf_counter()

@@ -6,7 +6,7 @@ The docs page is Swagger UI served from the `swagger-ui-bundle` package: no CDN.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from aiohttp import web
 from pydantic import BaseModel
@@ -35,7 +35,8 @@ def build_openapi(specs: list[RouteSpec], *, version: str) -> dict[str, Any]:
         for model in (spec.body, spec.response):
             if model is not None:
                 models.add(model)
-    keyed = [(m, "validation") for m in sorted(models, key=lambda m: m.__name__)]
+    mode: Literal["validation"] = "validation"
+    keyed = [(m, mode) for m in sorted(models, key=lambda m: m.__name__)]
     refs, schema = models_json_schema(keyed, ref_template=_REF)
     components = schema.get("$defs", {})
 

@@ -23,7 +23,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from gateway.errors import ApiError, Forbidden
-from gateway.keys import SETTINGS
+from gateway.keys import REQUEST_USER, SETTINGS
 from gateway.settings import max_body_bytes
 
 Auth = Literal["public", "user", "admin"]
@@ -136,7 +136,7 @@ class ApiRouter:
             @wraps(fn)
             async def handler(request: web.Request) -> web.StreamResponse:
                 if spec.auth == "admin":
-                    user = request.get("user")
+                    user = request.get(REQUEST_USER)
                     if user is None or not user.is_admin:
                         raise Forbidden("this needs an admin account")
                 kwargs: dict[str, Any] = {}

@@ -70,7 +70,9 @@ class TokenService:
         self._key = derive_key(secret_key, "jwt-hs256")
         self.ttl = ttl
 
-    def issue(self, user_id: int, role: str, *, now: datetime | None = None) -> tuple[str, datetime]:
+    def issue(
+        self, user_id: int, role: str, *, now: datetime | None = None
+    ) -> tuple[str, datetime]:
         issued = now or datetime.now(UTC)
         expires = issued + self.ttl
         claims = {

@@ -75,17 +75,10 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = Field(
         default="info", description="Lowest level logged."
     )
-    shutdown_timeout: float = Field(
-        default=8.0, gt=0, description="Seconds the whole graceful shutdown may take."
-    )
     driver: Literal["neonize", "fake"] = Field(
         default="neonize",
         description="WhatsApp Web driver: the real neonize library, or the fake for tests/demos.",
     )
-    redis_url: SecretStr | None = Field(
-        default=None, description="Redis URL, for several gateway nodes sharing Socket.IO."
-    )
-
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
