@@ -79,6 +79,7 @@ class Settings(BaseSettings):
         default="neonize",
         description="WhatsApp Web driver: the real neonize library, or the fake for tests/demos.",
     )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
