@@ -10,6 +10,7 @@ import os
 import signal
 import sys
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import IO
 
 import structlog
@@ -151,6 +152,48 @@ async def run_create_user(settings: Settings, email: str, password: str, admin: 
     print(f"created {created.role} {created.email} (id {created.id})")
 
 
+def run_sim(settings: Settings, args: argparse.Namespace) -> None:
+    """Act as the phone of a session (fake driver): the same files the fake WhatsApp reads."""
+    from sessions.fake_server import (
+        FakeWhatsApp,
+        FakeWhatsAppError,
+        Phone,
+        SimMessage,
+        SimReceipt,
+    )
+
+    phone = Phone(FakeWhatsApp(settings.data_dir / "fake-wa"), args.session_id)
+    try:
+        if args.action == "scan":
+            phone.scan(phone=args.phone, push_name=args.push_name)
+            print(f"scanned the QR of session {args.session_id}")
+        elif args.action == "code":
+            phone.enter_code(args.code)
+            print("pairing code entered")
+        elif args.action == "send":
+            fields = {"type": args.type, "from": args.sender, "text": args.text}
+            if args.file:
+                import base64
+
+                data = Path(args.file).read_bytes()
+                fields.update(
+                    data_b64=base64.b64encode(data).decode(), filename=Path(args.file).name
+                )
+            ids = phone.send(SimMessage.model_validate({k: v for k, v in fields.items() if v}))
+            print(f"queued message {ids[0]}")
+        elif args.action == "receipt":
+            phone.receipt(SimReceipt.model_validate({"ids": args.ids, "status": args.status}))
+            print("receipt queued")
+        elif args.action in ("disconnect", "logout", "ban", "stream_replaced"):
+            phone.control(args.action, seconds=getattr(args, "seconds", 3600))
+            print(f"{args.action} queued")
+        elif args.action == "sent":
+            for item in phone.sent():
+                print(item)
+    except (FakeWhatsAppError, ValueError) as exc:
+        raise CliError(str(exc)) from exc
+
+
 def print_settings() -> None:
     width = max(len(name) for name, _, _ in settings_table())
     for name, default, description in settings_table():
@@ -167,6 +210,33 @@ def parser() -> argparse.ArgumentParser:
     cu.add_argument("--password", required=True)
     cu.add_argument("--admin", action="store_true", help="make the user an admin")
     sub.add_parser("settings", help="list every WAGATE_* setting with its default")
+    sim = sub.add_parser("sim", help="act as the phone of a session (WAGATE_DRIVER=fake)")
+    actions = sim.add_subparsers(dest="action", required=True)
+    scan = actions.add_parser("scan", help="scan the QR code the session shows")
+    scan.add_argument("session_id", type=int)
+    scan.add_argument("--phone")
+    scan.add_argument("--push-name")
+    code = actions.add_parser("code", help="type the pairing code on the phone")
+    code.add_argument("session_id", type=int)
+    code.add_argument("code")
+    send = actions.add_parser("send", help="a contact sends a message")
+    send.add_argument("session_id", type=int)
+    send.add_argument("--from", dest="sender", required=True)
+    send.add_argument("--text")
+    send.add_argument("--type", default="text")
+    send.add_argument("--file", help="media file for image/video/audio/voice/document/sticker")
+    receipt = actions.add_parser("receipt", help="deliver a receipt for sent messages")
+    receipt.add_argument("session_id", type=int)
+    receipt.add_argument("ids", nargs="+")
+    receipt.add_argument("--status", default="read", choices=["delivered", "read", "played"])
+    for name in ("disconnect", "logout", "stream_replaced"):
+        control = actions.add_parser(name, help=f"{name.replace('_', ' ')} (as WhatsApp would)")
+        control.add_argument("session_id", type=int)
+    ban = actions.add_parser("ban", help="ban the account temporarily")
+    ban.add_argument("session_id", type=int)
+    ban.add_argument("--seconds", type=int, default=3600)
+    sent = actions.add_parser("sent", help="what the session sent")
+    sent.add_argument("session_id", type=int)
     return p
 
 
@@ -193,6 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             asyncio.run(run_migrate(settings))
         elif command == "create-user":
             asyncio.run(run_create_user(settings, args.email, args.password, args.admin))
+        elif command == "sim":
+            run_sim(settings, args)
     except (CliError, SchemaTooNewError, DatabaseUnavailableError, EmbeddedPostgresError) as exc:
         print(f"wagate: {exc}", file=sys.stderr)
         return 1

@@ -23,11 +23,15 @@ from db.pool import create_pool
 from gateway import __version__
 from gateway.api import auth as auth_api
 from gateway.api import health as health_api
+from gateway.api import sessions as sessions_api
+from gateway.api import sim as sim_api
 from gateway.api import users as users_api
 from gateway.auth import auth_middleware
 from gateway.bootstrap import BootstrappedAdmin, ensure_admin
+from gateway.bus import EventBus
 from gateway.errors import error_middleware
 from gateway.keys import (
+    BUS,
     DATABASE_URL,
     LOGIN_LIMITER,
     METRICS,
@@ -36,19 +40,33 @@ from gateway.keys import (
     READINESS,
     REGISTRY,
     SETTINGS,
+    SUPERVISOR,
     TOKENS,
 )
 from gateway.logs import request_log_middleware
-from gateway.metrics import Metrics, metrics_middleware
+from gateway.metrics import Metrics, SessionCollector, metrics_middleware
 from gateway.openapi import add_docs_routes, build_openapi
 from gateway.ratelimit import LoginLimiter
 from gateway.routing import ApiRouter
 from gateway.security import PasswordService, TokenService
 from gateway.settings import Settings, max_body_bytes
+from sessions.supervisor import SessionSupervisor, SupervisorConfig, device_store_url
 
 log = structlog.get_logger(__name__)
 
-ROUTERS: list[ApiRouter] = [health_api.router, auth_api.router, users_api.router]
+ROUTERS: list[ApiRouter] = [
+    health_api.router,
+    auth_api.router,
+    users_api.router,
+    sessions_api.router,
+    sessions_api.compat,
+]
+FAKE_ROUTERS: list[ApiRouter] = [sim_api.router]
+
+
+def routers_for(settings: Settings) -> list[ApiRouter]:
+    return ROUTERS + (FAKE_ROUTERS if settings.driver == "fake" else [])
+
 
 AdminAnnouncer = Callable[[BootstrappedAdmin], None]
 
@@ -100,6 +118,45 @@ def _database(
     return context
 
 
+def supervisor_config(settings: Settings, database_url: str) -> SupervisorConfig:
+    return SupervisorConfig(
+        driver=settings.driver,
+        data_dir=settings.data_dir,
+        store_url=device_store_url(database_url),
+        sessions_per_worker=settings.sessions_per_worker,
+        heartbeat_timeout=settings.worker_heartbeat_timeout,
+        heartbeat_interval=min(2.0, settings.worker_heartbeat_timeout / 3),
+        restart_cap=settings.worker_restart_max_seconds,
+        reconnect_base=settings.reconnect_base_seconds,
+        reconnect_cap=settings.reconnect_max_seconds,
+        qr_first=settings.qr_first_seconds,
+        qr_next=settings.qr_next_seconds,
+        qr_codes=settings.qr_codes,
+        spool_sync=settings.spool_sync,
+        log_level=settings.log_level,
+    )
+
+
+async def _sessions(app: web.Application) -> AsyncIterator[None]:
+    bus = EventBus(app[POOL])
+    app[BUS] = bus
+    supervisor = SessionSupervisor(
+        app[POOL], supervisor_config(app[SETTINGS], app[DATABASE_URL]), emit=bus.publish
+    )
+    app[SUPERVISOR] = supervisor
+
+    async def supervisor_ready() -> str | None:
+        return None if supervisor.running else "session supervisor not running"
+
+    app[READINESS].append(("supervisor", supervisor_ready))
+    app[REGISTRY].register(SessionCollector(supervisor))
+    await supervisor.start()
+    try:
+        yield
+    finally:
+        await _bounded("session supervisor", 9.0, supervisor.stop(timeout=6.0))
+
+
 def create_app(
     settings: Settings,
     *,
@@ -136,8 +193,12 @@ def create_app(
     else:
         app[DATABASE_URL] = url
     app.cleanup_ctx.append(_database(announce_admin))
+    app.cleanup_ctx.append(_sessions)
 
-    for router in ROUTERS:
+    routers = routers_for(settings)
+    for router in routers:
         app.router.add_routes(router.table)
-    add_docs_routes(app, build_openapi([s for r in ROUTERS for s in r.specs], version=__version__))
+    if settings.driver == "fake":
+        app.router.add_get("/sim", sim_api.sim_page)
+    add_docs_routes(app, build_openapi([s for r in routers for s in r.specs], version=__version__))
     return app

@@ -9,10 +9,12 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from db.users import User
+from gateway.bus import EventBus
 from gateway.metrics import Metrics
 from gateway.ratelimit import LoginLimiter
 from gateway.security import PasswordService, TokenService
 from gateway.settings import Settings
+from sessions.supervisor import SessionSupervisor
 
 ReadinessCheck = tuple[str, Callable[[], Awaitable[str | None]]]
 
@@ -24,6 +26,8 @@ PASSWORDS = web.AppKey("passwords", PasswordService)
 LOGIN_LIMITER = web.AppKey("login_limiter", LoginLimiter)
 REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", Metrics)
+BUS = web.AppKey("bus", EventBus)
+SUPERVISOR = web.AppKey("supervisor", SessionSupervisor)
 # (name, check): each check answers None when ready, or why not.
 READINESS = web.AppKey("readiness", list[ReadinessCheck])
 

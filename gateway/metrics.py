@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from sessions.supervisor import SessionSupervisor
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -69,3 +73,40 @@ def metrics_middleware(metrics: Metrics) -> Middleware:
             )
 
     return middleware
+
+
+class SessionCollector(Collector):
+    """Sessions by state and each session's worker memory and CPU, read at scrape time."""
+
+    def __init__(self, supervisor: SessionSupervisor) -> None:
+        self._supervisor = supervisor
+
+    def collect(self) -> Iterator[Metric]:
+        states = GaugeMetricFamily(
+            "wagate_sessions", "WhatsApp Web sessions by state", labels=["state"]
+        )
+        counts: dict[str, int] = {}
+        for state in self._supervisor.states.values():
+            counts[state] = counts.get(state, 0) + 1
+        for state, count in sorted(counts.items()):
+            states.add_metric([state], count)
+        yield states
+        rss = GaugeMetricFamily(
+            "wagate_session_worker_rss_bytes", "RSS of the session's worker", labels=["session"]
+        )
+        pss = GaugeMetricFamily(
+            "wagate_session_worker_pss_bytes", "PSS of the session's worker", labels=["session"]
+        )
+        cpu = GaugeMetricFamily(
+            "wagate_session_worker_cpu_percent", "CPU of the session's worker", labels=["session"]
+        )
+        restarts = GaugeMetricFamily(
+            "wagate_session_worker_restarts", "Worker restarts of the session", labels=["session"]
+        )
+        for sid, stats in sorted(self._supervisor.all_stats().items()):
+            rss.add_metric([str(sid)], stats.rss_bytes)
+            if stats.pss_bytes is not None:
+                pss.add_metric([str(sid)], stats.pss_bytes)
+            cpu.add_metric([str(sid)], stats.cpu_percent)
+            restarts.add_metric([str(sid)], stats.restarts)
+        yield from (rss, pss, cpu, restarts)

@@ -80,6 +80,45 @@ class Settings(BaseSettings):
         description="WhatsApp Web driver: the real neonize library, or the fake for tests/demos.",
     )
 
+    max_sessions_per_user: int = Field(
+        default=5, ge=0, description="WhatsApp accounts an operator may add (admins too)."
+    )
+    sessions_per_worker: int = Field(
+        default=1,
+        ge=1,
+        le=200,
+        description="Sessions hosted by one worker process. 1 isolates crashes fully; more "
+        "saves memory (connects inside a worker are then serialized).",
+    )
+    qr_first_seconds: float = Field(
+        default=60.0, gt=0, description="Validity of the first QR code (whatsmeow: 60 s)."
+    )
+    qr_next_seconds: float = Field(
+        default=20.0, gt=0, description="Validity of each following QR code (whatsmeow: 20 s)."
+    )
+    qr_codes: int = Field(
+        default=6, ge=1, description="QR codes shown before the pairing window closes."
+    )
+    reconnect_base_seconds: float = Field(
+        default=1.0, gt=0, description="First delay before reconnecting a session."
+    )
+    reconnect_max_seconds: float = Field(
+        default=60.0, gt=0, description="Longest delay between reconnect attempts."
+    )
+    worker_restart_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest delay before restarting a crashed worker."
+    )
+    worker_heartbeat_timeout: float = Field(
+        default=10.0,
+        gt=0,
+        description="Seconds without an answer after which a worker is killed and restarted.",
+    )
+    spool_sync: Literal["fsync", "flush"] = Field(
+        default="fsync",
+        description="How each WhatsApp event is made durable in a worker's spool before it is "
+        "processed: fsync (survives power loss) or flush (survives process crashes).",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:

@@ -38,6 +38,10 @@ MessageType = Literal[
 ]
 
 
+ReceiptKind = Literal["delivered", "read", "played", "sender", "retry", "server_error", "other"]
+ChatPresenceState = Literal["composing", "paused", "recording"]
+
+
 class MediaInfo(_Event):
     """What WhatsApp says of an attachment (the bytes are fetched separately)."""
 
@@ -119,6 +123,12 @@ class PairSuccess(_Event):
     platform: str | None = None
 
 
+class PairFailure(_Event):
+    kind: Literal["pair_failure"] = "pair_failure"
+    jid: str | None = None
+    error: str
+
+
 class Connected(_Event):
     kind: Literal["connected"] = "connected"
     jid: str | None = None
@@ -150,8 +160,9 @@ class StreamReplaced(_Event):
 
 class TemporaryBan(_Event):
     kind: Literal["temporary_ban"] = "temporary_ban"
-    code: int
+    code: int  # WhatsApp's number: 101 too many strangers, 102 blocked by users, ...
     expires_at: datetime
+    reason: str = ""  # e.g. "blocked_by_users"
 
 
 class KeepAliveTimeout(_Event):
@@ -169,12 +180,16 @@ class Receipt(_Event):
     chat: str
     sender: str
     message_ids: list[str]
-    type: Literal["delivered", "read", "played", "sender", "retry", "server_error", "other"]
+    type: ReceiptKind
     timestamp: datetime
+    # True when the receipt comes from our own account (read or played on the phone): the
+    # messages are then incoming ones we have seen, not ours seen by someone else.
+    from_me: bool = False
 
 
 class HistoryConversation(_Event):
     chat: str
+    chat_alt: str | None = None  # the other addressing form (phone <-> LID) when WhatsApp says
     name: str | None = None
     unread_count: int = 0
     messages: list[WaMessage] = Field(default_factory=list)
@@ -209,13 +224,14 @@ class ChatPresence(_Event):
     kind: Literal["chat_presence"] = "chat_presence"
     chat: str
     sender: str
-    state: Literal["composing", "paused", "recording"]
+    state: ChatPresenceState
 
 
 DriverEvent = Annotated[
     QRCode
     | PairCode
     | PairSuccess
+    | PairFailure
     | Connected
     | Disconnected
     | ConnectFailure

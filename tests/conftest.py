@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import ipaddress
 import os
 import socket
+import subprocess
 import sys
+import warnings
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,22 @@ from tests.pg import create_database, drop_database, unique_name, with_database
 ROOT = Path(__file__).resolve().parent.parent
 ADMIN_EMAIL = "admin@example.com"
 ADMIN_PASSWORD = "admin-password-1"
+
+
+def quiet_neonize_import() -> None:
+    """Import neonize for in-process tests without its leaked pipe failing a later test.
+
+    Importing neonize runs `os.popen("uname -a").read()` and never closes the pipe; the
+    subprocess object is reaped at the next subprocess start, where its ResourceWarning would
+    become an unraisable-exception error in an unrelated test. Reap it here, under a filter.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ResourceWarning)
+        import neonize.events  # noqa: F401
+
+        gc.collect()
+        subprocess._cleanup()  # type: ignore[attr-defined]
+
 
 # -- no network beyond this machine -----------------------------------------------------------
 

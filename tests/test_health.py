@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp.test_utils import TestClient
 
+from db import migrate
 from db.embedded import EmbeddedPostgres
 from gateway.app import ROUTERS, create_app
 from tests.conftest import bearer, make_settings
@@ -24,7 +25,10 @@ async def test_healthz(client: Client) -> None:
 async def test_readyz_when_ready(client: Client) -> None:
     resp = await client.get("/readyz")
     assert resp.status == 200
-    assert await resp.json() == {"status": "ready", "checks": {"database": "ok"}}
+    assert await resp.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "supervisor": "ok"},
+    }
 
 
 async def test_readyz_follows_a_database_that_stops_and_returns(
@@ -68,12 +72,18 @@ async def test_readyz_reports_an_outdated_schema(client: Client, db_url: str) ->
 
     conn = await asyncpg.connect(db_url)
     try:
-        await conn.execute("DELETE FROM schema_version WHERE version = 1")
+        await conn.execute(
+            "DELETE FROM schema_version WHERE version = (SELECT max(version) FROM schema_version)"
+        )
     finally:
         await conn.close()
     resp = await client.get("/readyz")
     assert resp.status == 503
-    assert "schema at version 0" in (await resp.json())["checks"]["database"]
+    latest = migrate.latest_version()
+    assert (
+        f"schema at version {latest - 1}, this code needs {latest}"
+        in (await resp.json())["checks"]["database"]
+    )
 
 
 async def test_metrics_count_requests_by_route(client: Client) -> None:

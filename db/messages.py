@@ -1,0 +1,142 @@
+"""The `messages` table: every message of every conversation, idempotent on
+(session_id, wa_message_id)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from db import Executor
+
+_INSERT = """
+INSERT INTO messages (session_id, conversation_id, wa_message_id, direction, sender_type,
+                      sender_jid, sender_name, message_type, text_content, media_sha256,
+                      media_mime, media_size, media_filename, media_status,
+                      quoted_wa_message_id, raw, status, from_history, sent_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
+ON CONFLICT (session_id, wa_message_id) WHERE wa_message_id IS NOT NULL DO NOTHING
+RETURNING id
+"""
+
+# Status only moves forward: pending < sent < delivered < read < played.
+_RANK = "array_position(ARRAY['pending','sent','delivered','read','played']::text[], {})"
+_RECEIPT = f"""
+UPDATE messages SET status = $3, updated_at = now()
+WHERE session_id = $1 AND wa_message_id = ANY($2::text[])
+  AND status <> 'failed'
+  AND coalesce({_RANK.format("status")}, 0) < {_RANK.format("$3")}
+RETURNING id, conversation_id, wa_message_id, status
+"""
+_REACT = """
+UPDATE messages
+SET interactions = jsonb_set(
+        interactions, '{reactions}',
+        CASE WHEN $4 = '' THEN coalesce(interactions->'reactions', '{}'::jsonb) - $3
+             ELSE coalesce(interactions->'reactions', '{}'::jsonb)
+                  || jsonb_build_object($3::text, $4::text) END),
+    updated_at = now()
+WHERE session_id = $1 AND wa_message_id = $2
+RETURNING id, conversation_id
+"""
+_EDIT = """
+UPDATE messages
+SET interactions = jsonb_set(
+        interactions, '{edits}',
+        coalesce(interactions->'edits', '[]'::jsonb)
+        || jsonb_build_array(jsonb_build_object('text', text_content, 'replaced_at', $4::text))),
+    text_content = $3,
+    edited_at = $5,
+    updated_at = now()
+WHERE session_id = $1 AND wa_message_id = $2
+  AND text_content IS DISTINCT FROM $3
+RETURNING id, conversation_id
+"""
+_REVOKE = """
+UPDATE messages
+SET revoked_at = coalesce(revoked_at, $3),
+    text_content = CASE WHEN $4 THEN text_content ELSE NULL END,
+    raw = CASE WHEN $4 THEN raw ELSE NULL END,
+    updated_at = now()
+WHERE session_id = $1 AND wa_message_id = $2
+RETURNING id, conversation_id
+"""
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    session_id: int
+    conversation_id: int
+    wa_message_id: str
+    direction: str
+    sender_type: str
+    sender_jid: str | None
+    sender_name: str | None
+    message_type: str
+    text_content: str | None
+    media_sha256: str | None
+    media_mime: str | None
+    media_size: int | None
+    media_filename: str | None
+    media_status: str | None
+    quoted_wa_message_id: str | None
+    raw: dict[str, Any] | None
+    status: str
+    from_history: bool
+    sent_at: datetime
+
+
+async def insert(conn: Executor, m: NewMessage) -> int | None:
+    """The new row's id, or None when this WhatsApp message is already stored."""
+    value = await conn.fetchval(
+        _INSERT,
+        m.session_id,
+        m.conversation_id,
+        m.wa_message_id,
+        m.direction,
+        m.sender_type,
+        m.sender_jid,
+        m.sender_name,
+        m.message_type,
+        m.text_content,
+        m.media_sha256,
+        m.media_mime,
+        m.media_size,
+        m.media_filename,
+        m.media_status,
+        m.quoted_wa_message_id,
+        m.raw,
+        m.status,
+        m.from_history,
+        m.sent_at,
+    )
+    return int(value) if value is not None else None
+
+
+async def apply_receipt(
+    conn: Executor, session_id: int, wa_ids: list[str], status: str
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(_RECEIPT, session_id, wa_ids, status)
+    return [dict(r) for r in rows]
+
+
+async def react(
+    conn: Executor, session_id: int, target_wa_id: str, reactor: str, emoji: str
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_REACT, session_id, target_wa_id, reactor, emoji)
+    return dict(row) if row else None
+
+
+async def edit(
+    conn: Executor, session_id: int, target_wa_id: str, text: str, when: datetime
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_EDIT, session_id, target_wa_id, text, when.isoformat(), when)
+    return dict(row) if row else None
+
+
+async def revoke(
+    conn: Executor, session_id: int, target_wa_id: str, when: datetime, keep_original: bool
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_REVOKE, session_id, target_wa_id, when, keep_original)
+    return dict(row) if row else None

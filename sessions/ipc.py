@@ -1,0 +1,226 @@
+"""Supervisor <-> worker protocol: our own typed, versioned messages in length-prefixed frames.
+
+A frame is a 4-byte big-endian length followed by one JSON document (a pydantic model with a
+`type` discriminator). The first frame a worker sends is `Hello` with its protocol version; the
+supervisor refuses a worker that speaks another version. Nothing from neonize crosses this.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+from sessions.events import DriverEvent
+
+PROTOCOL_VERSION = 1
+MAX_FRAME = 64 * 1024 * 1024  # a history-sync chunk can be large
+_HEADER = struct.Struct(">I")
+
+
+class _Msg(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+# -- commands: what the supervisor asks a worker's session to do ------------------------------
+
+
+class SendText(_Msg):
+    command: Literal["send_text"] = "send_text"
+    to: str
+    text: str
+    reply_to: str | None = None
+    reply_to_sender: str | None = None
+
+
+class React(_Msg):
+    command: Literal["react"] = "react"
+    chat: str
+    sender: str
+    message_id: str
+    emoji: str
+
+
+class Revoke(_Msg):
+    command: Literal["revoke"] = "revoke"
+    chat: str
+    sender: str
+    message_id: str
+
+
+class Edit(_Msg):
+    command: Literal["edit"] = "edit"
+    chat: str
+    message_id: str
+    text: str
+
+
+class MarkRead(_Msg):
+    command: Literal["mark_read"] = "mark_read"
+    chat: str
+    sender: str
+    message_ids: list[str]
+
+
+class Logout(_Msg):
+    command: Literal["logout"] = "logout"
+
+
+class PairPhone(_Msg):
+    command: Literal["pair_phone"] = "pair_phone"
+    phone: str  # digits only, with country code
+
+
+Command = Annotated[
+    SendText | React | Revoke | Edit | MarkRead | Logout | PairPhone,
+    Field(discriminator="command"),
+]
+
+
+# -- supervisor -> worker -----------------------------------------------------------------------
+
+
+class StartSession(_Msg):
+    type: Literal["start"] = "start"
+    session_id: int
+    jid: str | None = None  # resume this device; None: pair a new one
+    qr_window_seconds: float = 160.0
+
+
+class StopSession(_Msg):
+    type: Literal["stop"] = "stop"
+    session_id: int
+
+
+class Ack(_Msg):
+    """Events up to and including `seq` are stored; the worker may forget them."""
+
+    type: Literal["ack"] = "ack"
+    session_id: int
+    seq: int
+
+
+class Request(_Msg):
+    type: Literal["request"] = "request"
+    request_id: int
+    session_id: int
+    command: Command
+
+
+class Ping(_Msg):
+    type: Literal["ping"] = "ping"
+    nonce: int
+
+
+class Shutdown(_Msg):
+    type: Literal["shutdown"] = "shutdown"
+
+
+# -- worker -> supervisor -----------------------------------------------------------------------
+
+
+class Hello(_Msg):
+    type: Literal["hello"] = "hello"
+    version: int
+    pid: int
+    driver: str
+
+
+class Pong(_Msg):
+    type: Literal["pong"] = "pong"
+    nonce: int
+
+
+class EventFrame(_Msg):
+    """What one WhatsApp event of one session became on our side.
+
+    `seq` numbers the session's spooled events (1, 2, ...; durable across worker restarts);
+    the supervisor acknowledges it once stored. `seq` 0 marks an ephemeral event (a QR code, a
+    pairing code) that is neither spooled nor acknowledged."""
+
+    type: Literal["event"] = "event"
+    session_id: int
+    seq: int
+    events: list[DriverEvent]
+    replayed: bool = False
+
+
+class SessionStatus(_Msg):
+    """Lifecycle facts that are not WhatsApp events (connect attempts, QR window, stops)."""
+
+    type: Literal["status"] = "status"
+    session_id: int
+    status: Literal["starting", "connecting", "reconnecting", "qr_expired", "stopped", "failed"]
+    detail: str = ""
+    retry_in: float | None = None
+
+
+class Response(_Msg):
+    type: Literal["response"] = "response"
+    request_id: int
+    ok: bool
+    result: dict[str, Any] = Field(default_factory=dict)
+    error: str = ""
+    error_kind: Literal["", "invalid", "not_connected", "transient", "failed"] = ""
+
+
+ToWorker = Annotated[
+    StartSession | StopSession | Ack | Request | Ping | Shutdown, Field(discriminator="type")
+]
+ToSupervisor = Annotated[
+    Hello | Pong | EventFrame | SessionStatus | Response, Field(discriminator="type")
+]
+
+_TO_WORKER: TypeAdapter[Any] = TypeAdapter(ToWorker)
+_TO_SUPERVISOR: TypeAdapter[Any] = TypeAdapter(ToSupervisor)
+
+
+class ProtocolError(Exception):
+    """A frame that is too large, truncated or not one of our messages."""
+
+
+def encode(message: BaseModel) -> bytes:
+    body = message.model_dump_json().encode()
+    if len(body) > MAX_FRAME:
+        raise ProtocolError(f"frame of {len(body)} bytes exceeds {MAX_FRAME}")
+    return _HEADER.pack(len(body)) + body
+
+
+async def _read_frame(reader: asyncio.StreamReader) -> bytes | None:
+    try:
+        header = await reader.readexactly(_HEADER.size)
+    except asyncio.IncompleteReadError as exc:
+        if not exc.partial:
+            return None  # clean end of stream
+        raise ProtocolError("stream ended inside a frame header") from exc
+    (length,) = _HEADER.unpack(header)
+    if length > MAX_FRAME:
+        raise ProtocolError(f"frame of {length} bytes exceeds {MAX_FRAME}")
+    try:
+        return await reader.readexactly(length)
+    except asyncio.IncompleteReadError as exc:
+        raise ProtocolError("stream ended inside a frame") from exc
+
+
+async def read_to_worker(reader: asyncio.StreamReader) -> Any | None:
+    """The next supervisor message, or None at end of stream."""
+    frame = await _read_frame(reader)
+    if frame is None:
+        return None
+    try:
+        return _TO_WORKER.validate_json(frame)
+    except ValueError as exc:
+        raise ProtocolError(f"not a supervisor message: {exc}") from exc
+
+
+async def read_to_supervisor(reader: asyncio.StreamReader) -> Any | None:
+    """The next worker message, or None at end of stream."""
+    frame = await _read_frame(reader)
+    if frame is None:
+        return None
+    try:
+        return _TO_SUPERVISOR.validate_json(frame)
+    except ValueError as exc:
+        raise ProtocolError(f"not a worker message: {exc}") from exc
