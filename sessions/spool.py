@@ -157,6 +157,12 @@ class Spool:
                 path.unlink(missing_ok=True)
             self._segments = []
 
+    def __enter__(self) -> Spool:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
     def close(self) -> None:
         with self._lock:
             if self._file is not None:

@@ -585,7 +585,9 @@ class SessionSupervisor:
             next_at = datetime.now(UTC) + timedelta(seconds=status.retry_in or 0)
             await self.set_state(sid, "reconnecting", error=status.detail, next_attempt_at=next_at)
         elif status.status == "connecting":
-            if current not in ("qr_required", "pairing", "connected"):
+            # A retry after a failure stays "reconnecting" (with its next attempt time) until it
+            # succeeds: no flapping.
+            if current not in ("qr_required", "pairing", "connected", "reconnecting"):
                 await self.set_state(sid, "connecting")
         elif status.status == "qr_expired":
             self._qr.pop(sid, None)

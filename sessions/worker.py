@@ -143,7 +143,8 @@ class Worker:
             if runtime is not None:
                 runtime.spool.ack(message.seq)
             else:
-                Spool(self._spool_dir(message.session_id)).ack(message.seq)
+                with Spool(self._spool_dir(message.session_id)) as spool:
+                    spool.ack(message.seq)
         elif isinstance(message, ipc.StartSession):
             old = self.runtimes.pop(message.session_id, None)
             if old is not None:
