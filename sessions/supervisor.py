@@ -350,6 +350,9 @@ class SessionSupervisor:
             code = await worker.proc.wait()
         else:
             code = None
+        if worker.writer is not None:
+            worker.writer.close()
+            worker.writer = None
         for future in worker.pending.values():
             if not future.done():
                 future.set_exception(SessionUnavailable("the worker died"))

@@ -489,3 +489,79 @@ async def test_sim_rejects_incomplete_messages(client: Client, token: str) -> No
 def test_sim_message_model_requires_fields() -> None:
     with pytest.raises(ValueError, match="target_id"):
         SimMessage.model_validate({"type": "reaction", "from": "+52155"})
+
+
+async def test_several_sessions_share_a_worker_when_configured(
+    aiohttp_client: Any, tmp_path: Path, db_url: str
+) -> None:
+    settings = fast_settings(tmp_path, db_url, sessions_per_worker=3)
+    client = await aiohttp_client(create_app(settings))
+    token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    sids = [await link(client, token, settings, name=f"s{i}") for i in range(3)]
+    pids = {supervisor(client).worker_pid(sid) for sid in sids}
+    assert len(pids) == 1
+    body = await session_json(client, token, sids[0])
+    assert body["worker"]["sessions_in_worker"] == 3
+    for sid in sids:
+        phone(settings, sid).send(text("+5215512345678", f"to {sid}"))
+    for sid in sids:
+        await wait_for(lambda sid=sid: _has_messages(db_url, sid, 1), what=f"message of {sid}")
+    # Shared fate: the worker dies, all three come back together.
+    (pid,) = pids
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+    for sid in sids:
+        await wait_for(
+            lambda sid=sid: asyncio.sleep(
+                0, result=supervisor(client).worker_pid(sid) not in (None, pid)
+            ),
+            what="the restarted worker",
+        )
+        await wait_state(client, token, sid, "connected")
+    # Stopping one leaves the others running in the same process.
+    await client.post(f"/api/v1/sessions/{sids[0]}/stop", headers=bearer(token))
+    survivor = supervisor(client).worker_pid(sids[1])
+    phone(settings, sids[1]).send(text("+5215512345678", "still here"))
+    await wait_for(lambda: _has_messages(db_url, sids[1], 2), what="a message after the stop")
+    assert supervisor(client).worker_pid(sids[2]) == survivor
+
+
+async def test_sim_page_is_served_in_fake_mode(client: Client) -> None:
+    resp = await client.get("/sim")
+    assert resp.status == 200
+    assert "Simulated phone" in await resp.text()
+
+
+def test_sim_cli_acts_as_the_phone(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WAGATE_")} | {
+        "WAGATE_DATA_DIR": str(tmp_path),
+        "WAGATE_DRIVER": "fake",
+    }
+
+    def sim(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "run.py", "sim", *args],
+            cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    refused = sim("scan", "4")
+    assert refused.returncode == 1
+    assert "shows no QR code" in refused.stderr
+    sent = sim("send", "4", "--from", "+5215512345678", "--text", "hola")
+    assert sent.returncode == 0, sent.stderr
+    assert "queued message" in sent.stdout
+    from sessions.fake_server import FakeWhatsApp
+
+    items, _ = FakeWhatsApp(tmp_path / "fake-wa").read_inbox("wagate-4", 0)
+    assert [(i["kind"], i["text"], i["from"]) for i in items] == [
+        ("message", "hola", "5215512345678")
+    ]
