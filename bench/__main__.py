@@ -30,7 +30,10 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", action="append", choices=BENCHMARKS, metavar="NAME",
+        "--only",
+        action="append",
+        choices=BENCHMARKS,
+        metavar="NAME",
         help=f"run only this benchmark (repeatable; one of: {', '.join(BENCHMARKS)})",
     )
     parser.add_argument("--quick", action="store_true", help="a reduced matrix, for a smoke run")

@@ -156,8 +156,13 @@ async def measure_baselines() -> list[dict[str, Any]]:
     for name, imports in BASELINES.items():
         code = f"{imports}\nprint('ready', flush=True)\nimport time\ntime.sleep(600)"
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-c", code, cwd=REPO, env=env,
-            stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL,
+            sys.executable,
+            "-c",
+            code,
+            cwd=REPO,
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stdin=asyncio.subprocess.DEVNULL,
         )
         try:
             assert proc.stdout is not None
@@ -265,8 +270,13 @@ class StateWatch:
 
 
 async def wait_until(
-    done: Callable[[], int], total: int, watch: StateWatch, sids: list[int], *,
-    timeout: float, what: str,
+    done: Callable[[], int],
+    total: int,
+    watch: StateWatch,
+    sids: list[int],
+    *,
+    timeout: float,
+    what: str,
 ) -> float:
     """Wait for `done()` to reach `total`; the seconds it took. Fails fast on a dead session."""
     started = time.monotonic()
@@ -297,8 +307,12 @@ def worker_pids(supervisor: SessionSupervisor, sids: list[int]) -> set[int]:
 
 
 async def measure_phase(
-    phase: str, layout: Layout, supervisor: SessionSupervisor, sids: list[int],
-    pool: asyncpg.Pool, ready_seconds: float,
+    phase: str,
+    layout: Layout,
+    supervisor: SessionSupervisor,
+    sids: list[int],
+    pool: asyncpg.Pool,
+    ready_seconds: float,
 ) -> dict[str, Any]:
     pids = worker_pids(supervisor, sids)
     if len(pids) != layout.workers:
@@ -324,8 +338,12 @@ async def measure_phase(
 
 
 async def exercise(
-    layout: Layout, supervisor: SessionSupervisor, watch: StateWatch, sids: list[int],
-    pool: asyncpg.Pool, data_dir: Path,
+    layout: Layout,
+    supervisor: SessionSupervisor,
+    watch: StateWatch,
+    sids: list[int],
+    pool: asyncpg.Pool,
+    data_dir: Path,
 ) -> list[dict[str, Any]]:
     """Bring the sessions to their idle state(s) and measure each."""
     n = len(sids)
@@ -334,8 +352,14 @@ async def exercise(
     started = time.monotonic()
     await supervisor.start()
     if layout.driver == "fake":
-        await wait_until(lambda: watch.count_in(sids, "qr_required"), n, watch, sids,
-                         timeout=start_timeout, what="every session to show a QR code")
+        await wait_until(
+            lambda: watch.count_in(sids, "qr_required"),
+            n,
+            watch,
+            sids,
+            timeout=start_timeout,
+            what="every session to show a QR code",
+        )
         ready = time.monotonic() - started
         await wait_quiet(watch, SETTLE_SECONDS, timeout=60)
         phases.append(await measure_phase("qr_required", layout, supervisor, sids, pool, ready))
@@ -343,17 +367,28 @@ async def exercise(
         scanned = time.monotonic()
         for sid in sids:
             Phone(server, sid).scan()
-        await wait_until(lambda: watch.count_in(sids, "connected"), n, watch, sids,
-                         timeout=start_timeout, what="every session to connect after the scan")
+        await wait_until(
+            lambda: watch.count_in(sids, "connected"),
+            n,
+            watch,
+            sids,
+            timeout=start_timeout,
+            what="every session to connect after the scan",
+        )
         ready = time.monotonic() - scanned
         await wait_quiet(watch, SETTLE_SECONDS, timeout=60)
         phases.append(await measure_phase("connected", layout, supervisor, sids, pool, ready))
     else:
         # Offline, states never stop changing (each retry is connecting -> reconnecting): wait
         # for every session to have failed twice (a retry built a second client), then settle.
-        await wait_until(lambda: watch.count_entered(sids, "reconnecting", 2), n, watch, sids,
-                         timeout=start_timeout + 4 * RECONNECT_BASE_SECONDS,
-                         what="every session to fail its connect twice")
+        await wait_until(
+            lambda: watch.count_entered(sids, "reconnecting", 2),
+            n,
+            watch,
+            sids,
+            timeout=start_timeout + 4 * RECONNECT_BASE_SECONDS,
+            what="every session to fail its connect twice",
+        )
         ready = time.monotonic() - started
         await asyncio.sleep(SETTLE_SECONDS)
         phase = await measure_phase("offline_retrying", layout, supervisor, sids, pool, ready)
@@ -440,14 +475,16 @@ def marginal(layouts: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if single is None:
             continue
         top = max(by_n)
-        slopes.append({
-            "driver": driver,
-            "phase": phase,
-            "per_worker": per_worker,
-            "from_sessions": 1,
-            "to_sessions": top,
-            "mb_per_additional_session": round((by_n[top] - single) / (top - 1), 2),
-        })
+        slopes.append(
+            {
+                "driver": driver,
+                "phase": phase,
+                "per_worker": per_worker,
+                "from_sessions": 1,
+                "to_sessions": top,
+                "mb_per_additional_session": round((by_n[top] - single) / (top - 1), 2),
+            }
+        )
     return slopes
 
 
@@ -469,12 +506,18 @@ async def run_async(quick: bool) -> dict[str, Any]:
         baselines = await measure_baselines()
         layouts = []
         for layout in matrix(quick):
-            print(f"{layout.label}: {layout.sessions} sessions, {layout.per_worker} per worker, "
-                  f"{layout.workers} worker(s) ...", flush=True)
+            print(
+                f"{layout.label}: {layout.sessions} sessions, {layout.per_worker} per worker, "
+                f"{layout.workers} worker(s) ...",
+                flush=True,
+            )
             outcome = await run_layout(layout, server, root)
             for phase in outcome.get("phases", []):
-                print(f"  {phase['phase']}: {phase['workers']['pss_mb']} MB PSS "
-                      f"({phase['pss_per_session_mb']} MB per session)", flush=True)
+                print(
+                    f"  {phase['phase']}: {phase['workers']['pss_mb']} MB PSS "
+                    f"({phase['pss_per_session_mb']} MB per session)",
+                    flush=True,
+                )
             if "error" in outcome:
                 print(f"  not measured: {outcome['error']}", flush=True)
             layouts.append(outcome)
@@ -530,8 +573,10 @@ def report(result: dict[str, Any]) -> str:
         "|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for layout in result["layouts"]:
-        head = (f"| {layout['driver']} | {{}} | {layout['sessions']} | "
-                f"{packing(layout['per_worker'], layout['sessions'])} | {layout['workers']} |")
+        head = (
+            f"| {layout['driver']} | {{}} | {layout['sessions']} | "
+            f"{packing(layout['per_worker'], layout['sessions'])} | {layout['workers']} |"
+        )
         if "error" in layout:
             lines.append(head.format("not measured") + f" {layout['error']} ||||||| ")
         for phase in layout.get("phases", []):
