@@ -56,3 +56,85 @@ async def upsert(
 async def id_by_external(conn: Executor, session_id: int, external_id: str) -> int | None:
     value = await conn.fetchval(_BY_EXTERNAL, session_id, external_id)
     return int(value) if value is not None else None
+
+
+_FIND_LID_CONV = """
+SELECT id FROM conversations
+WHERE session_id = $1 AND (external_id = $2 OR lid = $2) AND external_id <> $3
+"""
+_RENAME = """
+UPDATE conversations SET external_id = $2, lid = $3, wa_user_id = coalesce(wa_user_id, $4),
+    updated_at = now()
+WHERE id = $1
+"""
+_MOVE_MESSAGES = "UPDATE messages SET conversation_id = $2 WHERE conversation_id = $1"
+_ABSORB = """
+UPDATE conversations AS keep SET
+    unread_count = keep.unread_count + gone.unread_count,
+    last_message_at = greatest(keep.last_message_at, gone.last_message_at),
+    started_at = least(keep.started_at, gone.started_at),
+    contact_name = coalesce(keep.contact_name, gone.contact_name),
+    contact_photo_url = coalesce(keep.contact_photo_url, gone.contact_photo_url),
+    ai_active = keep.ai_active OR gone.ai_active,
+    jira_bridge = keep.jira_bridge OR gone.jira_bridge,
+    labels = ARRAY(SELECT DISTINCT unnest(keep.labels || gone.labels)),
+    updated_at = now()
+FROM conversations AS gone
+WHERE keep.id = $1 AND gone.id = $2
+"""
+_DELETE = "DELETE FROM conversations WHERE id = $1"
+_SET_LID = "UPDATE conversations SET lid = $2, updated_at = now() WHERE id = $1 AND lid IS NULL"
+
+
+async def link_lid(
+    conn: Executor, *, session_id: int, phone_jid: str, lid: str, phone: str | None
+) -> tuple[int, int] | None:
+    """One person, two addresses: make the phone-keyed conversation own the LID.
+
+    A chat that was opened under the LID before the mapping was known is renamed to the phone
+    JID, or, when a phone-keyed chat exists too, merged into it (messages moved, counters
+    added). Returns (merged-away id, kept id) when two conversations became one.
+    """
+    lid_conv = await conn.fetchval(_FIND_LID_CONV, session_id, lid, phone_jid)
+    phone_conv = await id_by_external(conn, session_id, phone_jid)
+    if lid_conv is None:
+        if phone_conv is not None:
+            await conn.execute(_SET_LID, phone_conv, lid)
+        return None
+    if phone_conv is None:
+        await conn.execute(_RENAME, lid_conv, phone_jid, lid, phone)
+        return None
+    await conn.execute(_MOVE_MESSAGES, lid_conv, phone_conv)
+    await conn.execute(_ABSORB, phone_conv, lid_conv)
+    await conn.execute(_DELETE, lid_conv)
+    await conn.execute(_SET_LID, phone_conv, lid)
+    return int(lid_conv), phone_conv
+
+
+_UNREAD_ADD = """
+UPDATE conversations SET unread_count = greatest(unread_count + $2, 0) WHERE id = $1
+"""
+_READ_BY_MESSAGES = """
+UPDATE conversations SET unread_count = 0, updated_at = now()
+WHERE id IN (SELECT DISTINCT conversation_id FROM messages
+             WHERE session_id = $1 AND wa_message_id = ANY($2::text[]))
+  AND unread_count > 0
+RETURNING id
+"""
+_MARK_READ = """
+UPDATE conversations SET unread_count = 0, updated_at = now() WHERE id = $1 AND unread_count > 0
+RETURNING id
+"""
+
+
+async def unread_add(conn: Executor, conversation_id: int, delta: int) -> None:
+    await conn.execute(_UNREAD_ADD, conversation_id, delta)
+
+
+async def mark_read_by_messages(conn: Executor, session_id: int, wa_ids: list[str]) -> list[int]:
+    """Zero the unread count of the chats holding these messages (read on the phone)."""
+    return [int(r["id"]) for r in await conn.fetch(_READ_BY_MESSAGES, session_id, wa_ids)]
+
+
+async def mark_read(conn: Executor, conversation_id: int) -> bool:
+    return await conn.fetchval(_MARK_READ, conversation_id) is not None

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -38,6 +39,16 @@ SET interactions = jsonb_set(
                   || jsonb_build_object($3::text, $4::text) END),
     updated_at = now()
 WHERE session_id = $1 AND wa_message_id = $2
+RETURNING id, conversation_id
+"""
+_VOTE = """
+UPDATE messages
+SET interactions = jsonb_set(
+        interactions, '{votes}',
+        coalesce(interactions->'votes', '{}'::jsonb)
+        || jsonb_build_object($3::text, jsonb_build_object('options', $4::jsonb, 'at', $5::text))),
+    updated_at = now()
+WHERE session_id = $1 AND wa_message_id = $2 AND message_type = 'poll'
 RETURNING id, conversation_id
 """
 _EDIT = """
@@ -125,6 +136,21 @@ async def react(
     conn: Executor, session_id: int, target_wa_id: str, reactor: str, emoji: str
 ) -> dict[str, Any] | None:
     row = await conn.fetchrow(_REACT, session_id, target_wa_id, reactor, emoji)
+    return dict(row) if row else None
+
+
+async def vote(
+    conn: Executor,
+    session_id: int,
+    poll_wa_id: str,
+    voter: str,
+    options: list[str],
+    when: datetime,
+) -> dict[str, Any] | None:
+    """Record `voter`'s current choice on a poll (a later vote replaces it)."""
+    row = await conn.fetchrow(
+        _VOTE, session_id, poll_wa_id, voter, json.dumps(options), when.isoformat()
+    )
     return dict(row) if row else None
 
 

@@ -3,6 +3,10 @@
 Everything here is idempotent on (session_id, wa_message_id): a redelivery from WhatsApp or a
 replay from a worker's spool changes nothing the second time. What changed is returned so the
 caller can publish it after the commit.
+
+One person is one conversation: a chat is keyed by the phone JID whenever it is known, the LID
+kept beside it; a chat opened under a LID before its phone number was known is renamed or merged
+as soon as a message, a history mapping or a lookup tells us the number.
 """
 
 from __future__ import annotations
@@ -10,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from db import conversations, messages
+from db import contacts, conversations, messages
 from db.messages import NewMessage
 from sessions import events
 
@@ -18,6 +22,23 @@ if TYPE_CHECKING:
     from db import Conn
 
 INTERACTION_TYPES = {"reaction", "edit", "revoke", "poll_vote"}
+MEDIA_TYPES = {"image", "video", "audio", "voice", "document", "sticker"}
+RECEIPT_STATUS = {"delivered": "delivered", "read": "read", "played": "played"}
+
+
+@dataclass(frozen=True)
+class StoreOptions:
+    keep_revoked: bool = True
+
+
+@dataclass(frozen=True)
+class MediaRequest:
+    """A stored message whose attachment the worker should fetch."""
+
+    message_id: int
+    wa_message_id: str
+    media: events.MediaInfo
+    raw: dict[str, Any]
 
 
 @dataclass
@@ -28,9 +49,14 @@ class Changes:
     statuses: list[dict[str, Any]] = field(default_factory=list)
     updated: list[dict[str, Any]] = field(default_factory=list)
     conversations: set[int] = field(default_factory=set)
+    merged: list[tuple[int, int]] = field(default_factory=list)
+    media: list[MediaRequest] = field(default_factory=list)
+    unresolved_lids: set[str] = field(default_factory=set)
 
     def __bool__(self) -> bool:
-        return bool(self.new_messages or self.statuses or self.updated or self.conversations)
+        return bool(
+            self.new_messages or self.statuses or self.updated or self.conversations or self.merged
+        )
 
 
 def bare(jid: str | None) -> str | None:
@@ -48,6 +74,10 @@ def phone_of(jid: str | None) -> str | None:
     return None
 
 
+def is_lid(jid: str | None) -> bool:
+    return bool(jid) and str(jid).endswith("@lid")
+
+
 def chat_kind(chat: str) -> str:
     if chat.endswith("@g.us"):
         return "group"
@@ -56,27 +86,72 @@ def chat_kind(chat: str) -> str:
     return "direct"
 
 
+def canonical(jid: str, alt: str | None) -> tuple[str, str | None]:
+    """(external id, lid) of a person addressed as `jid`, with `alt` its other form if known."""
+    jid = bare(jid) or jid
+    alt = bare(alt)
+    if is_lid(jid):
+        if alt and alt.endswith("@s.whatsapp.net"):
+            return alt, jid
+        return jid, jid
+    if alt and is_lid(alt):
+        return jid, alt
+    return jid, None
+
+
 def canonical_chat(msg: events.WaMessage) -> tuple[str, str | None]:
-    """(external id, lid): a person is keyed by phone JID when known, the LID kept beside it."""
-    chat = bare(msg.chat) or msg.chat
-    alt = bare(msg.chat_alt)
-    if chat.endswith("@lid") and alt and alt.endswith("@s.whatsapp.net"):
-        return alt, chat
-    if alt and alt.endswith("@lid"):
-        return chat, alt
-    return chat, (chat if chat.endswith("@lid") else None)
+    return canonical(msg.chat, msg.chat_alt)
+
+
+async def _resolve_person(
+    conn: Conn, session_id: int, external_id: str, lid: str | None, changes: Changes
+) -> None:
+    """Both forms of one person are known: one conversation and one contact from now on."""
+    if lid is None or external_id == lid:
+        if lid is not None:
+            changes.unresolved_lids.add(lid)
+        return
+    merged = await conversations.link_lid(
+        conn,
+        session_id=session_id,
+        phone_jid=external_id,
+        lid=lid,
+        phone=phone_of(external_id),
+    )
+    if merged is not None:
+        changes.merged.append(merged)
+        changes.conversations.add(merged[1])
 
 
 async def store_message(
-    conn: Conn, session_id: int, msg: events.WaMessage, changes: Changes, *, history: bool = False
+    conn: Conn,
+    session_id: int,
+    msg: events.WaMessage,
+    changes: Changes,
+    options: StoreOptions,
+    *,
+    history: bool = False,
 ) -> None:
-    when = msg.timestamp
     if msg.type in INTERACTION_TYPES and msg.target_id:
-        await _interaction(conn, session_id, msg, changes)
+        await _interaction(conn, session_id, msg, changes, options)
         return
+    await _store_plain(conn, session_id, msg, changes, options, history=history)
+
+
+async def _store_plain(
+    conn: Conn,
+    session_id: int,
+    msg: events.WaMessage,
+    changes: Changes,
+    options: StoreOptions,
+    *,
+    history: bool = False,
+) -> None:
     external_id, lid = canonical_chat(msg)
     kind = chat_kind(external_id)
     inbound = not msg.from_me
+    if kind == "direct":
+        await _resolve_person(conn, session_id, external_id, lid, changes)
     conversation_id = await conversations.upsert(
         conn,
         session_id=session_id,
@@ -84,41 +159,49 @@ async def store_message(
         kind=kind,
         contact_name=msg.push_name if (inbound and kind == "direct") else None,
         wa_user_id=phone_of(external_id),
-        lid=lid,
-        last_message_at=when,
+        lid=lid if lid != external_id or is_lid(external_id) else None,
+        last_message_at=msg.timestamp,
         unread_inc=1 if (inbound and not history) else 0,
     )
+    sender, _ = canonical(msg.sender, msg.sender_alt)
+    if inbound and kind == "direct":
+        contact_id = await contacts.upsert(
+            conn,
+            session_id=session_id,
+            jid=external_id,
+            lid=lid,
+            phone=phone_of(external_id),
+            push_name=msg.push_name,
+        )
+        await contacts.link_conversation(conn, session_id, external_id, contact_id)
     media = msg.media
+    has_media = media is not None and msg.type in MEDIA_TYPES
     row = NewMessage(
         session_id=session_id,
         conversation_id=conversation_id,
         wa_message_id=msg.id,
         direction="inbound" if inbound else "outbound",
         sender_type="user" if inbound else "owner",
-        sender_jid=bare(msg.sender),
-        sender_name=msg.push_name,
+        sender_jid=sender,
+        sender_name=msg.push_name if inbound else None,
         message_type=msg.type,
         text_content=msg.text,
         media_sha256=media.file_sha256 if media else None,
         media_mime=media.mime_type if media else None,
         media_size=media.file_length if media else None,
         media_filename=media.filename if media else None,
-        media_status="pending" if media else None,
+        media_status="pending" if has_media else None,
         quoted_wa_message_id=msg.quoted_id,
-        raw=msg.raw or None,
+        raw=_raw(msg),
         status="received" if inbound else "sent",
         from_history=history,
-        sent_at=when,
+        sent_at=msg.timestamp,
     )
     new_id = await messages.insert(conn, row)
     if new_id is None:
         # Already stored (a redelivery or a replay). Undo the unread bump of the upsert.
         if inbound and not history:
-            await conn.execute(
-                "UPDATE conversations SET unread_count = greatest(unread_count - 1, 0) "
-                "WHERE id = $1",
-                conversation_id,
-            )
+            await conversations.unread_add(conn, conversation_id, -1)
         return
     changes.conversations.add(conversation_id)
     changes.new_messages.append(
@@ -127,32 +210,73 @@ async def store_message(
             "conversation_id": conversation_id,
             "wa_message_id": msg.id,
             "direction": row.direction,
+            "sender_type": row.sender_type,
             "message_type": msg.type,
             "text_content": msg.text,
-            "sent_at": when.isoformat(),
+            "sent_at": msg.timestamp.isoformat(),
             "from_history": history,
         }
     )
+    if has_media and media is not None:
+        changes.media.append(MediaRequest(new_id, msg.id, media, msg.raw))
+
+
+def _raw(msg: events.WaMessage) -> dict[str, Any] | None:
+    """What we keep of the protobuf: everything, plus the fields the adapter made sense of
+    that have no column (location, contacts, poll, flags)."""
+    extra: dict[str, Any] = {}
+    if msg.location is not None:
+        extra["location"] = msg.location.model_dump(exclude_none=True)
+    if msg.contacts:
+        extra["contacts"] = [c.model_dump(exclude_none=True) for c in msg.contacts]
+    if msg.poll is not None:
+        extra["poll"] = msg.poll.model_dump()
+    if msg.poll_vote_hashes:
+        extra["poll_vote_hashes"] = msg.poll_vote_hashes
+    for flag in ("view_once", "ephemeral", "forwarded"):
+        if getattr(msg, flag):
+            extra[flag] = True
+    if msg.quoted_sender:
+        extra["quoted_sender"] = msg.quoted_sender
+    if msg.target_id:
+        extra["target_id"] = msg.target_id
+    if not msg.raw and not extra:
+        return None
+    return {"message": msg.raw, "wagate": extra} if extra else {"message": msg.raw}
 
 
 async def _interaction(
-    conn: Conn, session_id: int, msg: events.WaMessage, changes: Changes
+    conn: Conn, session_id: int, msg: events.WaMessage, changes: Changes, options: StoreOptions
 ) -> None:
     assert msg.target_id is not None
     result: dict[str, Any] | None = None
     if msg.type == "reaction":
-        reactor = bare(msg.sender) or ("me" if msg.from_me else "unknown")
+        reactor, _ = canonical(msg.sender, msg.sender_alt)
+        if msg.from_me:
+            reactor = "me"
         result = await messages.react(conn, session_id, msg.target_id, reactor, msg.emoji or "")
+    elif msg.type == "poll_vote":
+        voter, _ = canonical(msg.sender, msg.sender_alt)
+        result = await messages.vote(
+            conn,
+            session_id,
+            msg.target_id,
+            "me" if msg.from_me else voter,
+            msg.poll_vote_hashes,
+            msg.timestamp,
+        )
+        if result is None:  # the poll is not here (yet): keep the vote as a message
+            await _store_plain(conn, session_id, msg, changes, options)
+            return
     elif msg.type == "edit":
         result = await messages.edit(conn, session_id, msg.target_id, msg.text or "", msg.timestamp)
     elif msg.type == "revoke":
-        result = await messages.revoke(conn, session_id, msg.target_id, msg.timestamp, True)
+        result = await messages.revoke(
+            conn, session_id, msg.target_id, msg.timestamp, options.keep_revoked
+        )
     if result is not None:
         changes.updated.append({**result, "change": msg.type})
         changes.conversations.add(int(result["conversation_id"]))
-
-
-RECEIPT_STATUS = {"delivered": "delivered", "read": "read", "played": "played"}
 
 
 async def store_receipt(
@@ -161,20 +285,54 @@ async def store_receipt(
     status = RECEIPT_STATUS.get(receipt.type)
     if status is None:
         return
+    if receipt.from_me:
+        # Our own phone read (or played) incoming messages: the chat is read there.
+        if status == "read":
+            for conversation_id in await conversations.mark_read_by_messages(
+                conn, session_id, receipt.message_ids
+            ):
+                changes.conversations.add(conversation_id)
+        return
     for row in await messages.apply_receipt(conn, session_id, receipt.message_ids, status):
         changes.statuses.append(row)
 
 
+async def store_contact(
+    conn: Conn, session_id: int, update: events.ContactUpdate, changes: Changes
+) -> None:
+    external_id, lid = canonical(update.jid, update.lid)
+    if chat_kind(external_id) != "direct":
+        return
+    if lid is not None and lid != external_id:
+        await _resolve_person(conn, session_id, external_id, lid, changes)
+    await contacts.upsert(
+        conn,
+        session_id=session_id,
+        jid=external_id,
+        lid=lid,
+        phone=update.phone or phone_of(external_id),
+        push_name=update.push_name,
+        saved_name=update.saved_name,
+        business_name=update.business_name,
+    )
+
+
 async def store_events(
-    conn: Conn, session_id: int, evs: list[events.DriverEvent], changes: Changes
+    conn: Conn,
+    session_id: int,
+    evs: list[events.DriverEvent],
+    changes: Changes,
+    options: StoreOptions,
 ) -> None:
     """Store every durable event of a frame (the caller holds the transaction)."""
     for ev in evs:
         if isinstance(ev, events.MessageReceived):
-            await store_message(conn, session_id, ev.message, changes)
+            await store_message(conn, session_id, ev.message, changes, options)
         elif isinstance(ev, events.Receipt):
             await store_receipt(conn, session_id, ev, changes)
+        elif isinstance(ev, events.ContactUpdate):
+            await store_contact(conn, session_id, ev, changes)
         elif isinstance(ev, events.HistoryChunk):
             for conv in ev.conversations:
                 for message in conv.messages:
-                    await store_message(conn, session_id, message, changes, history=True)
+                    await store_message(conn, session_id, message, changes, options, history=True)

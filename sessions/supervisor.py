@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import itertools
 import logging
 import signal
@@ -32,7 +33,8 @@ import psutil
 from db import sessions as sessions_db
 from sessions import events, ipc
 from sessions.backoff import Backoff
-from sessions.store import Changes, phone_of, store_events
+from sessions.ingest import SessionIngest
+from sessions.store import Changes, StoreOptions, phone_of
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +65,9 @@ class SupervisorConfig:
     log_level: str = "info"
     python: str = sys.executable
     request_timeout: float = 30.0
+    keep_revoked: bool = True
+    media_dir: Path | None = None
+    media_max_bytes: int = 100 * 1024 * 1024
 
 
 @dataclass
@@ -131,12 +136,10 @@ class SessionSupervisor:
         self._restarts: dict[int, int] = {}
         self._state_locks: dict[int, asyncio.Lock] = {}
         self._timers: dict[int, asyncio.TimerHandle] = {}
-        self._ingest: dict[int, asyncio.Queue[ipc.EventFrame]] = {}
-        self._ingest_tasks: dict[int, asyncio.Task[None]] = {}
+        self._ingest: dict[int, SessionIngest] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._cpu: dict[int, psutil.Process] = {}
         self._running = False
-        self.stored_events = 0
         self.states: dict[int, str] = {}
 
     # -- small helpers ------------------------------------------------------------------------
@@ -172,6 +175,15 @@ class SessionSupervisor:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def stored_events(self) -> int:
+        """Durable worker events stored since start (all sessions)."""
+        return sum(ingest.stored for ingest in self._ingest.values())
+
+    def ingest_backlog(self, session_id: int) -> int:
+        ingest = self._ingest.get(session_id)
+        return ingest.backlog if ingest is not None else 0
+
     # -- start and stop -----------------------------------------------------------------------
 
     async def start(self) -> None:
@@ -205,11 +217,10 @@ class SessionSupervisor:
         self._timers.clear()
         workers = list(self._workers.values())
         await asyncio.gather(*(self._retire(w, timeout) for w in workers))
-        for task in self._ingest_tasks.values():
-            task.cancel()
+        await asyncio.gather(*(ingest.close() for ingest in self._ingest.values()))
         for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._ingest_tasks.values(), *self._tasks, return_exceptions=True)
+        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     async def _retire(self, worker: WorkerHandle, timeout: float) -> None:
         worker.retiring = True
@@ -608,12 +619,36 @@ class SessionSupervisor:
             for ev in frame.events:
                 await self._on_live_event(sid, ev)
             return
-        queue = self._ingest.get(sid)
-        if queue is None:
-            queue = self._ingest[sid] = asyncio.Queue()
-            self._ingest_tasks[sid] = self._detached(self._ingest_loop(sid, queue))
-        queue.put_nowait(frame)
-        # Lifecycle events never arrive with a seq, but a durable frame may carry contacts.
+        ingest = self._ingest.get(sid)
+        if ingest is None:
+            ingest = self._ingest[sid] = SessionIngest(
+                sid,
+                self.pool,
+                options=StoreOptions(keep_revoked=self.config.keep_revoked),
+                ack=functools.partial(self._ack, sid),
+                publish=functools.partial(self._publish_changes, sid),
+                history_progress=functools.partial(self._history_progress, sid),
+            )
+        ingest.put(frame)
+
+    def _ack(self, sid: int, seq: int) -> None:
+        worker = self._session_worker.get(sid)
+        if worker is not None:
+            with contextlib.suppress(ConnectionError, OSError):
+                worker.send(ipc.Ack(session_id=sid, seq=seq))
+
+    async def _history_progress(self, sid: int, chunk: events.HistoryChunk) -> None:
+        await self._publish(
+            "history-progress",
+            sid,
+            {
+                "session_id": sid,
+                "progress": chunk.progress,
+                "chunk_order": chunk.chunk_order,
+                "sync_type": chunk.sync_type,
+                "messages": sum(len(c.messages) for c in chunk.conversations),
+            },
+        )
 
     async def _on_live_event(self, sid: int, ev: events.DriverEvent) -> None:
         if isinstance(ev, events.QRCode):
@@ -677,40 +712,6 @@ class SessionSupervisor:
 
         self._timers[sid] = loop.call_later(delay, fire)
 
-    # -- durable events: group commit, then ack ----------------------------------------------
-
-    async def _ingest_loop(self, sid: int, queue: asyncio.Queue[ipc.EventFrame]) -> None:
-        backoff = Backoff(base=0.2, cap=5.0)
-        while True:
-            first = await queue.get()
-            batch = [first]
-            while not queue.empty() and len(batch) < 500:
-                batch.append(queue.get_nowait())
-            while True:
-                try:
-                    changes = Changes()
-                    async with self.pool.acquire() as conn, conn.transaction():
-                        for frame in batch:
-                            await store_events(conn, sid, frame.events, changes)
-                    break
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    # Nothing was acknowledged: the worker keeps these spooled. Retry here.
-                    delay = backoff.next_delay()
-                    log.warning(
-                        "session %s: storing events failed (%s); retry in %.1fs", sid, exc, delay
-                    )
-                    await asyncio.sleep(delay)
-            backoff.reset()
-            self.stored_events += len(batch)
-            top = max(frame.seq for frame in batch)
-            worker = self._session_worker.get(sid)
-            if worker is not None:
-                with contextlib.suppress(ConnectionError, OSError):
-                    worker.send(ipc.Ack(session_id=sid, seq=top))
-            await self._publish_changes(sid, changes)
-
     async def _publish_changes(self, sid: int, changes: Changes) -> None:
         if not changes:
             return
@@ -720,6 +721,12 @@ class SessionSupervisor:
             await self._publish("message-status", sid, {"session_id": sid, **status})
         for update in changes.updated:
             await self._publish("message-updated", sid, {"session_id": sid, **update})
+        for gone, kept in changes.merged:
+            await self._publish(
+                "conversation-merged",
+                sid,
+                {"session_id": sid, "conversation_id": kept, "merged_from": gone},
+            )
         for conversation_id in sorted(changes.conversations):
             await self._publish(
                 "conversation-updated", sid, {"session_id": sid, "conversation_id": conversation_id}

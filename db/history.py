@@ -1,0 +1,355 @@
+"""History sync import: one chunk of WhatsApp history into `conversations` and `messages`.
+
+A chunk may hold tens of thousands of messages. They are copied (`COPY`, binary) into a
+temporary staging table and moved into `messages` by ONE `INSERT ... SELECT ... ON CONFLICT DO
+NOTHING`, so the cost per message is what PostgreSQL needs for the row and its indexes, and
+importing the same chunk again inserts nothing and updates nothing.
+
+Locking, so live messages are never queued behind an import: the caller runs one transaction
+per chunk (small chunks keep it short); new rows take no locks anyone else waits for (a live
+message for the very same new chat or message id waits at most until the chunk commits);
+existing conversations are updated last, only when something really changes, so their row
+locks are held for the last statement of the chunk only. Unread counters of existing chats are
+never touched and nothing here publishes events: history wakes neither Jira nor the AI.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from db import Conn
+
+# One temporary table per chunk. ON COMMIT DROP cleans up if the caller never reaches our DROP
+# (an error aborts the transaction, which removes the table with it).
+STAGING = "wagate_history_messages"
+_CREATE_STAGING = f"""
+CREATE TEMPORARY TABLE {STAGING} (
+    conversation_idx    integer NOT NULL,
+    wa_message_id       text NOT NULL,
+    direction           text NOT NULL,
+    sender_type         text NOT NULL,
+    sender_jid          text,
+    sender_name         text,
+    message_type        text NOT NULL,
+    text_content        text,
+    media_sha256        text,
+    media_mime          text,
+    media_size          bigint,
+    media_filename      text,
+    media_status        text,
+    quoted_wa_message_id text,
+    raw                 text,
+    status              text NOT NULL,
+    sent_at             timestamptz NOT NULL
+) ON COMMIT DROP
+"""
+_STAGING_COLUMNS = (
+    "conversation_idx",
+    "wa_message_id",
+    "direction",
+    "sender_type",
+    "sender_jid",
+    "sender_name",
+    "message_type",
+    "text_content",
+    "media_sha256",
+    "media_mime",
+    "media_size",
+    "media_filename",
+    "media_status",
+    "quoted_wa_message_id",
+    "raw",
+    "status",
+    "sent_at",
+)
+_DROP_STAGING = f"DROP TABLE {STAGING}"
+
+# The chats of the chunk, as parallel arrays; `idx` is the position in the deduplicated list.
+_CHATS = """
+unnest($2::integer[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+       $8::integer[], $9::timestamptz[])
+    AS s(idx, external_id, lid, kind, contact_name, wa_user_id, unread_count, last_message_at)
+"""
+
+# New chats only. Without a conflict target, DO NOTHING also steps aside when the LID is taken:
+# that chat is the same person under the other addressing form and is resolved below.
+_INSERT_CONVERSATIONS = f"""
+INSERT INTO conversations (session_id, external_id, lid, kind, contact_name, wa_user_id,
+                           unread_count, started_at, last_message_at)
+SELECT $1, s.external_id, s.lid, s.kind, s.contact_name, s.wa_user_id, s.unread_count,
+       coalesce(least(m.oldest, s.last_message_at), now()),
+       greatest(s.last_message_at, m.newest)
+FROM {_CHATS}
+LEFT JOIN (SELECT conversation_idx, min(sent_at) AS oldest, max(sent_at) AS newest
+           FROM {STAGING} GROUP BY conversation_idx) AS m ON m.conversation_idx = s.idx
+ORDER BY s.idx
+ON CONFLICT DO NOTHING
+"""
+
+# Every chat of the chunk, by external id or else by LID.
+_RESOLVE = """
+SELECT id, external_id, lid FROM conversations
+WHERE session_id = $1 AND (external_id = ANY($2::text[]) OR lid = ANY($3::text[]))
+"""
+
+_INSERT_MESSAGES = f"""
+INSERT INTO messages (session_id, conversation_id, wa_message_id, direction, sender_type,
+                      sender_jid, sender_name, message_type, text_content, media_sha256,
+                      media_mime, media_size, media_filename, media_status,
+                      quoted_wa_message_id, raw, status, from_history, sent_at)
+SELECT $1, c.id, m.wa_message_id, m.direction, m.sender_type, m.sender_jid, m.sender_name,
+       m.message_type, m.text_content, m.media_sha256, m.media_mime, m.media_size,
+       m.media_filename, m.media_status, m.quoted_wa_message_id, m.raw::jsonb, m.status, true,
+       m.sent_at
+FROM {STAGING} AS m
+JOIN unnest($2::integer[], $3::bigint[]) AS c(idx, id) ON c.idx = m.conversation_idx
+ON CONFLICT (session_id, wa_message_id) WHERE wa_message_id IS NOT NULL DO NOTHING
+"""
+
+# Chats that already existed: fill what they lack, move activity forward, never touch unread.
+# Rows that would not change are not written (and so not locked): a re-import writes nothing.
+_UPDATE_CONVERSATIONS = f"""
+UPDATE conversations AS c SET
+    contact_name = coalesce(c.contact_name, s.contact_name),
+    wa_user_id = coalesce(c.wa_user_id, s.wa_user_id),
+    lid = coalesce(c.lid, s.lid),
+    last_message_at = greatest(c.last_message_at, s.last_message_at, m.newest),
+    started_at = least(c.started_at, m.oldest),
+    updated_at = now()
+FROM (
+    SELECT s.id, s.contact_name, s.wa_user_id, s.last_message_at,
+           CASE WHEN NOT EXISTS (SELECT 1 FROM conversations AS o
+                                 WHERE o.session_id = $1 AND o.lid = s.lid)
+                THEN s.lid END AS lid
+    FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
+        AS s(id, contact_name, wa_user_id, lid, last_message_at)
+) AS s
+LEFT JOIN (SELECT c.id, min(m.sent_at) AS oldest, max(m.sent_at) AS newest
+           FROM {STAGING} AS m
+           JOIN unnest($7::integer[], $8::bigint[]) AS c(idx, id) ON c.idx = m.conversation_idx
+           GROUP BY c.id) AS m ON m.id = s.id
+WHERE c.id = s.id AND c.session_id = $1
+  AND (   (c.contact_name IS NULL AND s.contact_name IS NOT NULL)
+       OR (c.wa_user_id IS NULL AND s.wa_user_id IS NOT NULL)
+       OR (c.lid IS NULL AND s.lid IS NOT NULL)
+       OR greatest(s.last_message_at, m.newest) > coalesce(c.last_message_at, '-infinity')
+       OR m.oldest < c.started_at)
+"""
+
+_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+@dataclass(frozen=True)
+class HistoryConversationRow:
+    """A chat as history sync describes it."""
+
+    external_id: str
+    lid: str | None
+    kind: str
+    contact_name: str | None
+    wa_user_id: str | None
+    unread_count: int
+    last_message_at: datetime | None
+
+
+@dataclass(frozen=True)
+class HistoryMessageRow:
+    """A message of history sync; `external_id` names its chat."""
+
+    external_id: str
+    wa_message_id: str
+    direction: str
+    sender_type: str
+    sender_jid: str | None
+    sender_name: str | None
+    message_type: str
+    text_content: str | None
+    media_sha256: str | None
+    media_mime: str | None
+    media_size: int | None
+    media_filename: str | None
+    media_status: str | None
+    quoted_wa_message_id: str | None
+    raw: dict[str, Any] | None
+    status: str
+    sent_at: datetime
+
+
+@dataclass(frozen=True)
+class HistoryImportResult:
+    conversations: dict[str, int]  # external id (as given) -> conversation id
+    inserted: int  # messages newly stored
+    skipped: int  # messages already stored (or repeated within the chunk)
+
+
+def _combine(
+    a: HistoryConversationRow, b: HistoryConversationRow, lid: str | None
+) -> HistoryConversationRow:
+    """Two descriptions of one chat: every field either has, the later activity."""
+    times = [t for t in (a.last_message_at, b.last_message_at) if t is not None]
+    return replace(
+        a,
+        lid=a.lid or lid,
+        contact_name=a.contact_name or b.contact_name,
+        wa_user_id=a.wa_user_id or b.wa_user_id,
+        unread_count=max(a.unread_count, b.unread_count),
+        last_message_at=max(times) if times else None,
+    )
+
+
+def _merge(rows: Sequence[HistoryConversationRow]) -> list[HistoryConversationRow]:
+    """One row per external id (a chat named twice in a chunk is one chat)."""
+    merged: dict[str, HistoryConversationRow] = {}
+    for row in rows:
+        seen = merged.get(row.external_id)
+        merged[row.external_id] = _combine(seen, row, row.lid) if seen else row
+    return list(merged.values())
+
+
+def _no_nul(value: str | None) -> str | None:
+    # PostgreSQL text can not hold NUL; one such message must not fail the whole chunk.
+    return value.replace("\x00", "") if value is not None and "\x00" in value else value
+
+
+def _without_nul(value: Any) -> Any:
+    if isinstance(value, str):
+        return value.replace("\x00", "")
+    if isinstance(value, dict):
+        return {_without_nul(k): _without_nul(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_without_nul(v) for v in value]
+    return value
+
+
+def _raw_json(raw: dict[str, Any] | None) -> str | None:
+    if raw is None:
+        return None
+    text = _encode_json(raw)
+    # jsonb refuses \u0000 (and a NUL kept as-is by ensure_ascii=False): the rare slow path.
+    return _encode_json(_without_nul(raw)) if "\x00" in text or "\\u0000" in text else text
+
+
+def _records(messages: Sequence[HistoryMessageRow], index: dict[str, int]) -> list[tuple[Any, ...]]:
+    try:
+        return [
+            (
+                index[m.external_id],
+                m.wa_message_id,
+                m.direction,
+                m.sender_type,
+                m.sender_jid,
+                _no_nul(m.sender_name),
+                m.message_type,
+                _no_nul(m.text_content),
+                m.media_sha256,
+                m.media_mime,
+                m.media_size,
+                _no_nul(m.media_filename),
+                m.media_status,
+                m.quoted_wa_message_id,
+                _raw_json(m.raw),
+                m.status,
+                m.sent_at,
+            )
+            for m in messages
+        ]
+    except KeyError as exc:
+        raise ValueError(
+            f"history message refers to conversation {exc.args[0]!r}, which is not in the chunk"
+        ) from None
+
+
+def _inserted(status: str) -> int:
+    # "INSERT 0 <rows>"
+    return int(status.rsplit(" ", 1)[1])
+
+
+async def import_history(
+    conn: Conn,
+    session_id: int,
+    conversations: Sequence[HistoryConversationRow],
+    messages: Sequence[HistoryMessageRow],
+) -> HistoryImportResult:
+    """Store one history chunk; the caller holds the transaction (one per chunk).
+
+    Every message's `external_id` must be one of `conversations` (ValueError otherwise, before
+    anything is written). New chats take the row's unread count; chats that exist keep theirs and
+    their name, gain a LID or phone they lacked, and their last-message time only moves forward.
+    A chat whose LID belongs to a stored chat under its other addressing form is that chat.
+    """
+    if not conn.is_in_transaction():
+        raise RuntimeError("import_history needs the caller's transaction")
+    chats = _merge(conversations)
+    index = {c.external_id: i for i, c in enumerate(chats)}
+    records = _records(messages, index)
+    if not chats:
+        return HistoryImportResult(conversations={}, inserted=0, skipped=0)
+
+    await conn.execute(_CREATE_STAGING)
+    if records:
+        await conn.copy_records_to_table(STAGING, records=records, columns=_STAGING_COLUMNS)
+
+    positions = list(range(len(chats)))
+    external_ids = [c.external_id for c in chats]
+    lids = [c.lid for c in chats]
+    await conn.execute(
+        _INSERT_CONVERSATIONS,
+        session_id,
+        positions,
+        external_ids,
+        lids,
+        [c.kind for c in chats],
+        [c.contact_name for c in chats],
+        [c.wa_user_id for c in chats],
+        [c.unread_count for c in chats],
+        [c.last_message_at for c in chats],
+    )
+    stored = await conn.fetch(_RESOLVE, session_id, external_ids, [x for x in lids if x])
+    by_external = {r["external_id"]: int(r["id"]) for r in stored}
+    by_lid = {r["lid"]: int(r["id"]) for r in stored if r["lid"] is not None}
+    ids: list[int] = []
+    for chat in chats:
+        found = by_external.get(chat.external_id)
+        if found is None and chat.lid is not None:
+            found = by_lid.get(chat.lid)
+        if found is None:  # pragma: no cover - inserted or conflicting, so it is there
+            raise RuntimeError(f"conversation {chat.external_id!r} was neither stored nor found")
+        ids.append(found)
+
+    inserted = 0
+    if records:
+        status = await conn.execute(_INSERT_MESSAGES, session_id, positions, ids)
+        inserted = _inserted(status)
+
+    # One source row per stored chat (two addressing forms of one person may share it), and a
+    # LID offered to one chat only, so the single UPDATE never writes a row twice.
+    updates: dict[int, HistoryConversationRow] = {}
+    lid_offered: set[str] = set()
+    for chat, conversation_id in zip(chats, ids, strict=True):
+        lid = chat.lid if chat.lid is not None and chat.lid not in lid_offered else None
+        if lid is not None:
+            lid_offered.add(lid)
+        seen = updates.get(conversation_id)
+        updates[conversation_id] = _combine(seen, chat, lid) if seen else replace(chat, lid=lid)
+    await conn.execute(
+        _UPDATE_CONVERSATIONS,
+        session_id,
+        list(updates),
+        [c.contact_name for c in updates.values()],
+        [c.wa_user_id for c in updates.values()],
+        [c.lid for c in updates.values()],
+        [c.last_message_at for c in updates.values()],
+        positions,
+        ids,
+    )
+    await conn.execute(_DROP_STAGING)
+    return HistoryImportResult(
+        conversations={c.external_id: ids[index[c.external_id]] for c in conversations},
+        inserted=inserted,
+        skipped=len(records) - inserted,
+    )
