@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from db import Executor
@@ -138,3 +138,25 @@ async def mark_read_by_messages(conn: Executor, session_id: int, wa_ids: list[st
 
 async def mark_read(conn: Executor, conversation_id: int) -> bool:
     return await conn.fetchval(_MARK_READ, conversation_id) is not None
+
+
+_WITH_OWNER = """
+SELECT c.id, c.session_id, s.owner_id, c.external_id, c.kind, c.unread_count
+FROM conversations c JOIN sessions s ON s.id = c.session_id
+WHERE c.id = $1
+"""
+_LAST_INBOUND = """
+SELECT wa_message_id, sender_jid FROM messages
+WHERE conversation_id = $1 AND direction = 'inbound' AND wa_message_id IS NOT NULL
+ORDER BY sent_at DESC, id DESC
+LIMIT $2
+"""
+
+
+async def with_owner(conn: Executor, conversation_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_WITH_OWNER, conversation_id)
+    return dict(row) if row else None
+
+
+async def last_inbound(conn: Executor, conversation_id: int, limit: int) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(_LAST_INBOUND, conversation_id, limit)]

@@ -6,6 +6,7 @@ so events commit in `seq` order and `after=seq` can never skip one that commits 
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,43 @@ async def append(
     seq = int(await conn.fetchval(_NEXT_SEQ, user_id))
     created = await conn.fetchval(_APPEND, user_id, seq, event, session_id, payload)
     return LoggedEvent(user_id, seq, event, session_id, payload, created)
+
+
+_RESERVE = """
+INSERT INTO event_counters (user_id, last_seq) VALUES ($1, $2)
+ON CONFLICT (user_id) DO UPDATE SET last_seq = event_counters.last_seq + $2
+RETURNING last_seq
+"""
+_APPEND_MANY = """
+INSERT INTO event_log (user_id, seq, event, session_id, payload)
+SELECT $1, s, e, $4, p::jsonb
+FROM unnest($2::bigint[], $3::text[], $5::text[]) AS t(s, e, p)
+RETURNING seq, created_at
+"""
+
+
+async def append_many(
+    conn: Conn, user_id: int, session_id: int | None, items: list[tuple[str, dict[str, Any]]]
+) -> list[LoggedEvent]:
+    """Append several events of one user and session with one counter bump and one insert
+    (same transaction rule as `append`)."""
+    if not items:
+        return []
+    last = int(await conn.fetchval(_RESERVE, user_id, len(items)))
+    seqs = list(range(last - len(items) + 1, last + 1))
+    rows = await conn.fetch(
+        _APPEND_MANY,
+        user_id,
+        seqs,
+        [name for name, _ in items],
+        session_id,
+        [json.dumps(payload) for _, payload in items],
+    )
+    created = {int(r["seq"]): r["created_at"] for r in rows}
+    return [
+        LoggedEvent(user_id, seq, name, session_id, payload, created[seq])
+        for seq, (name, payload) in zip(seqs, items, strict=True)
+    ]
 
 
 async def after(conn: Executor, user_id: int, seq: int, limit: int) -> list[LoggedEvent]:

@@ -166,3 +166,49 @@ async def revoke(
 ) -> dict[str, Any] | None:
     row = await conn.fetchrow(_REVOKE, session_id, target_wa_id, when, keep_original)
     return dict(row) if row else None
+
+
+_SET_MEDIA = """
+UPDATE messages
+SET media_status = $2,
+    media_sha256 = coalesce($3, media_sha256),
+    media_mime = coalesce($4, media_mime),
+    media_size = coalesce($5, media_size),
+    updated_at = now()
+WHERE id = $1 AND media_status IS DISTINCT FROM 'stored'
+RETURNING id, conversation_id
+"""
+_PENDING_MEDIA = """
+SELECT id, wa_message_id, raw, media_size, media_mime FROM messages
+WHERE session_id = $1 AND media_status = 'pending'
+ORDER BY id
+LIMIT $2
+"""
+_MEDIA_OF = """
+SELECT m.id, m.session_id, s.owner_id, m.media_status, m.media_sha256, m.media_mime,
+       m.media_size, m.media_filename, m.message_type
+FROM messages m JOIN sessions s ON s.id = m.session_id
+WHERE m.id = $1
+"""
+
+
+async def set_media(
+    conn: Executor,
+    message_id: int,
+    status: str,
+    *,
+    sha256: str | None = None,
+    mime: str | None = None,
+    size: int | None = None,
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_SET_MEDIA, message_id, status, sha256, mime, size)
+    return dict(row) if row else None
+
+
+async def pending_media(conn: Executor, session_id: int, limit: int = 200) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(_PENDING_MEDIA, session_id, limit)]
+
+
+async def media_of(conn: Executor, message_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_MEDIA_OF, message_id)
+    return dict(row) if row else None

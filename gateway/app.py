@@ -22,7 +22,9 @@ from db.embedded import EmbeddedPostgres
 from db.pool import create_pool
 from gateway import __version__
 from gateway.api import auth as auth_api
+from gateway.api import conversations as conversations_api
 from gateway.api import health as health_api
+from gateway.api import media as media_api
 from gateway.api import sessions as sessions_api
 from gateway.api import sim as sim_api
 from gateway.api import users as users_api
@@ -60,6 +62,8 @@ ROUTERS: list[ApiRouter] = [
     users_api.router,
     sessions_api.router,
     sessions_api.compat,
+    media_api.router,
+    conversations_api.router,
 ]
 FAKE_ROUTERS: list[ApiRouter] = [sim_api.router]
 
@@ -134,6 +138,9 @@ def supervisor_config(settings: Settings, database_url: str) -> SupervisorConfig
         qr_codes=settings.qr_codes,
         spool_sync=settings.spool_sync,
         log_level=settings.log_level,
+        keep_revoked=settings.keep_revoked,
+        media_dir=settings.media_path,
+        media_max_bytes=int(settings.media_max_mb * 1024 * 1024),
     )
 
 
@@ -141,7 +148,10 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     bus = EventBus(app[POOL])
     app[BUS] = bus
     supervisor = SessionSupervisor(
-        app[POOL], supervisor_config(app[SETTINGS], app[DATABASE_URL]), emit=bus.publish
+        app[POOL],
+        supervisor_config(app[SETTINGS], app[DATABASE_URL]),
+        emit=bus.publish,
+        emit_many=bus.publish_many,
     )
     app[SUPERVISOR] = supervisor
 

@@ -55,11 +55,28 @@ class EventBus:
             async with self._pool.acquire() as conn, conn.transaction():
                 logged = await event_log.append(conn, user_id, event, session_id, payload)
             item = BusEvent(user_id, logged.seq, event, session_id, payload, logged.created_at)
-        for subscriber in list(self._subscribers):
-            try:
-                await subscriber(item)
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("event subscriber failed", event_name=event)
+        await self._fan_out([item])
         return item
+
+    async def publish_many(
+        self, user_id: int, session_id: int | None, items: list[tuple[str, dict[str, Any]]]
+    ) -> list[BusEvent]:
+        """Several events of one user in one transaction (a history chunk: thousands)."""
+        durable = [(name, payload) for name, payload in items if name not in EPHEMERAL_EVENTS]
+        async with self._pool.acquire() as conn, conn.transaction():
+            logged = await event_log.append_many(conn, user_id, session_id, durable)
+        out = [
+            BusEvent(user_id, e.seq, e.event, session_id, e.payload, e.created_at) for e in logged
+        ]
+        await self._fan_out(out)
+        return out
+
+    async def _fan_out(self, items: list[BusEvent]) -> None:
+        for item in items:
+            for subscriber in list(self._subscribers):
+                try:
+                    await subscriber(item)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    log.exception("event subscriber failed", event_name=item.event)

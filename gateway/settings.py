@@ -119,6 +119,19 @@ class Settings(BaseSettings):
         "processed: fsync (survives power loss) or flush (survives process crashes).",
     )
 
+    media_dir: Path | None = Field(
+        default=None, description="Where media files are stored by content hash (DATA_DIR/media)."
+    )
+    media_max_mb: float = Field(
+        default=100.0,
+        gt=0,
+        description="Largest attachment downloaded; bigger ones are kept as `too_large`.",
+    )
+    keep_revoked: bool = Field(
+        default=True,
+        description="Keep the original of a message deleted for everyone, for the owner's audit.",
+    )
+
     @field_validator("data_dir")
     @classmethod
     def _absolute(cls, value: Path) -> Path:
@@ -128,6 +141,10 @@ class Settings(BaseSettings):
     def pg_dir(self) -> Path:
         """Data directory of the embedded PostgreSQL."""
         return self.data_dir / "pg"
+
+    @property
+    def media_path(self) -> Path:
+        return (self.media_dir or self.data_dir / "media").expanduser().absolute()
 
     @property
     def uses_embedded_db(self) -> bool:

@@ -154,12 +154,14 @@ def build_message_event(spec: dict[str, Any], device: dict[str, Any]) -> Any:
         sender = own if from_me else sender_phone
         sender_alt = recipient_alt = None
     elif spec.get("lid"):
-        # LID addressing: chat and sender are the LID, the phone number rides in the alts.
+        # LID addressing: chat and sender are the LID, the phone number rides in the alts
+        # (unless WhatsApp left it out).
         lid = spec["lid"] if "@" in spec["lid"] else f"{spec['lid']}@lid"
         chat = lid
         sender = device.get("lid", own) if from_me else lid
-        sender_alt = None if from_me else sender_phone
-        recipient_alt = sender_phone if from_me else None
+        hide = bool(spec.get("lid_only"))
+        sender_alt = None if (from_me or hide) else sender_phone
+        recipient_alt = sender_phone if (from_me and not hide) else None
     else:
         chat = sender_phone if not from_me else _user_jid(spec.get("to") or sender_phone)
         sender = own if from_me else sender_phone
@@ -431,6 +433,19 @@ class FakeClient:
 
     async def edit_message(self, chat: Any, message_id: str, new_message: Any) -> Any:
         return self._record(chat, wp.edit(message_id, new_message, chat=chat))
+
+    async def download_any(self, message: waE2E.Message, path: str | None = None) -> bytes:
+        for _field, part in message.ListFields():
+            digest = getattr(part, "fileSHA256", b"")
+            if digest:
+                return self.server.download(digest.hex())
+        raise FakeSendError("no media in this message")
+
+    async def get_pn_from_lid(self, jid: Any) -> neonize_pb.JID:
+        if not self.connected:
+            raise FakeSendError("not connected")
+        phone = self.server.phone_for_lid(jid.User)
+        return wp.parse_jid(f"{phone}@s.whatsapp.net") if phone else wp.empty_jid()
 
     async def mark_read(
         self, *message_ids: str, chat: Any, sender: Any, receipt: Any, timestamp: int | None = None

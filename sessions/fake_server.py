@@ -17,8 +17,10 @@ Per client key (the `uuid` the worker gives the client, `wagate-<session id>`):
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import fcntl
+import hashlib
 import json
 import os
 import secrets
@@ -31,6 +33,17 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_PUSH_NAME = "Fake Phone"
+
+# Small files with the right magic bytes, for media sent without any.
+SAMPLE_MEDIA = {
+    "image": b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01wagate sample image",
+    "sticker": b"RIFF\x24\x00\x00\x00WEBPVP8 wagate sample sticker",
+    "video": b"\x00\x00\x00\x18ftypmp42\x00\x00\x00\x00mp42isomwagate sample video",
+    "audio": b"ID3\x04\x00\x00\x00\x00\x00\x00wagate sample audio",
+    "voice": b"OggS\x00\x02\x00\x00\x00\x00\x00\x00\x00\x00wagate sample voice note",
+    "document": b"%PDF-1.4\nwagate sample document\n%%EOF\n",
+}
+MEDIA_TYPES = frozenset(SAMPLE_MEDIA)
 
 
 class FakeWhatsAppError(Exception):
@@ -52,7 +65,7 @@ def digits(phone: str) -> str:
 class FakeWhatsApp:
     def __init__(self, root: Path) -> None:
         self.root = root
-        for sub in ("pairing", "devices", "inbox", "sent", "locks"):
+        for sub in ("pairing", "devices", "inbox", "sent", "locks", "media"):
             (root / sub).mkdir(parents=True, exist_ok=True)
 
     # -- files --------------------------------------------------------------------------------
@@ -213,6 +226,34 @@ class FakeWhatsApp:
         tmp.write_text(str(n))
         os.replace(tmp, path)
 
+    # -- media on WhatsApp's servers and the LID directory -------------------------------------
+
+    def upload(self, data: bytes) -> str:
+        digest = hashlib.sha256(data).hexdigest()
+        path = self.root / "media" / digest
+        if not path.exists():
+            tmp = path.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_bytes(data)
+            os.replace(tmp, path)
+        return digest
+
+    def download(self, sha256_hex: str) -> bytes:
+        try:
+            return (self.root / "media" / sha256_hex).read_bytes()
+        except OSError:
+            raise FakeWhatsAppError("media not found on the server (expired?)") from None
+
+    def map_lid(self, lid: str, phone: str) -> None:
+        with self._locked("lids"):
+            mapping = self._read_json(self.root / "lids.json") or {}
+            mapping[lid] = phone
+            self._write_json(self.root / "lids.json", mapping)
+
+    def phone_for_lid(self, lid: str) -> str | None:
+        mapping = self._read_json(self.root / "lids.json") or {}
+        value = mapping.get(lid)
+        return str(value) if value else None
+
     # -- traffic from the device --------------------------------------------------------------
 
     def record_sent(self, key: str, item: dict[str, Any]) -> None:
@@ -287,6 +328,12 @@ class SimMessage(BaseModel):
     view_once: bool = False
     ephemeral: bool = False
     ts: int | None = Field(default=None, description="Milliseconds since the epoch")
+    lid_only: bool = Field(
+        default=False, description="With lid: WhatsApp gives no phone number beside the LID"
+    )
+    media_unavailable: bool = Field(
+        default=False, description="The attachment can not be downloaded (expired on the server)"
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> SimMessage:
@@ -362,8 +409,21 @@ class Phone:
     def enter_code(self, code: str, *, push_name: str | None = None) -> None:
         self.server.enter_pair_code(self.key, code, push_name=push_name or DEFAULT_PUSH_NAME)
 
+    def _with_media(self, spec: dict[str, Any]) -> dict[str, Any]:
+        """Put the attachment on the fake media server (unless it should fail to download)."""
+        if spec.get("type") not in MEDIA_TYPES:
+            return spec
+        if not spec.get("data_b64"):
+            spec["data_b64"] = base64.b64encode(SAMPLE_MEDIA[spec["type"]]).decode()
+        if not spec.get("media_unavailable"):
+            self.server.upload(base64.b64decode(spec["data_b64"]))
+        return spec
+
     def send(self, *messages: SimMessage) -> list[str]:
-        specs = [m.spec() for m in messages]
+        specs = [self._with_media(m.spec()) for m in messages]
+        for spec in specs:
+            if spec.get("lid") and spec.get("from"):
+                self.server.map_lid(spec["lid"].split("@")[0], spec["from"])
         self.server.push(self.key, *specs)
         return [s["id"] for s in specs]
 
@@ -382,7 +442,7 @@ class Phone:
         }
         ids: list[str] = []
         for conv in history.conversations:
-            messages = [m.spec() for m in conv.messages]
+            messages = [self._with_media(m.spec()) for m in conv.messages]
             ids.extend(m["id"] for m in messages)
             spec["conversations"].append(
                 {"chat": conv.chat, "name": conv.name or "", "messages": messages}

@@ -64,6 +64,24 @@ class MarkRead(_Msg):
     message_ids: list[str]
 
 
+class DownloadMedia(_Msg):
+    """Fetch a stored message's attachment into the media directory."""
+
+    command: Literal["download_media"] = "download_media"
+    message_id: int
+    wa_message_id: str
+    message: dict[str, Any]  # the waE2E.Message as stored (protobuf JSON)
+    declared_size: int | None = None
+    declared_mime: str | None = None
+
+
+class ResolveLid(_Msg):
+    """Ask WhatsApp which phone number stands behind a LID."""
+
+    command: Literal["resolve_lid"] = "resolve_lid"
+    lid: str
+
+
 class Logout(_Msg):
     command: Literal["logout"] = "logout"
 
@@ -74,7 +92,7 @@ class PairPhone(_Msg):
 
 
 Command = Annotated[
-    SendText | React | Revoke | Edit | MarkRead | Logout | PairPhone,
+    SendText | React | Revoke | Edit | MarkRead | Logout | PairPhone | DownloadMedia | ResolveLid,
     Field(discriminator="command"),
 ]
 

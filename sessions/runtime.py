@@ -9,12 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import dataclasses
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+from google.protobuf import json_format
 from neonize.events import INT_TO_EVENT
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage, Message
 from neonize.utils.enum import ReceiptType
@@ -22,8 +24,9 @@ from pydantic import BaseModel
 
 from sessions import adapter, events, ipc
 from sessions.backoff import Backoff
+from sessions.media import MediaStore
 from sessions.spool import Spool
-from sessions.wa_proto import parse_jid
+from sessions.wa_proto import jid_str, parse_jid
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +63,8 @@ class DriverClient(Protocol):
     async def revoke_message(self, chat: Any, sender: Any, message_id: str) -> Any: ...
     async def edit_message(self, chat: Any, message_id: str, new_message: Any) -> Any: ...
     async def mark_read(self, *message_ids: str, chat: Any, sender: Any, receipt: Any) -> Any: ...
+    async def download_any(self, message: Any) -> Any: ...
+    async def get_pn_from_lid(self, jid: Any) -> Any: ...
 
 
 ClientFactory = Callable[..., DriverClient]
@@ -122,6 +127,7 @@ class SessionRuntime:
         connect_lock: asyncio.Lock,
         backoff: Backoff,
         qr_timing: QrTiming,
+        media: MediaStore,
     ) -> None:
         self.session_id = session_id
         self.key = f"wagate-{session_id}"
@@ -132,6 +138,7 @@ class SessionRuntime:
         self._connect_lock = connect_lock
         self._backoff = backoff
         self._qr_timing = qr_timing
+        self.media = media
         self._loop = asyncio.get_running_loop()
         self._client: DriverClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -413,6 +420,11 @@ class SessionRuntime:
             raise CommandError("not_connected", "the session is not connected")
         if isinstance(command, ipc.SendText):
             return await self._send_text(client, command)
+        if isinstance(command, ipc.DownloadMedia):
+            return await self._download(client, command)
+        if isinstance(command, ipc.ResolveLid):
+            found = await client.get_pn_from_lid(parse_jid(command.lid))
+            return {"phone_jid": jid_str(found) or None}
         if isinstance(command, ipc.React):
             msg = await client.build_reaction(
                 parse_jid(command.chat),
@@ -451,6 +463,21 @@ class SessionRuntime:
             await self._stop_client(10.0)
             return {}
         raise CommandError("invalid", f"unknown command {type(command).__name__}")
+
+    async def _download(self, client: DriverClient, command: ipc.DownloadMedia) -> dict[str, Any]:
+        if self.media.too_large(command.declared_size):
+            return {
+                "status": "too_large",
+                "sha256": None,
+                "size": command.declared_size,
+                "mime": command.declared_mime,
+            }
+        message = json_format.ParseDict(command.message, Message(), ignore_unknown_fields=True)
+        data = await client.download_any(message)
+        if not isinstance(data, bytes | bytearray) or not data:
+            raise CommandError("failed", "the download returned no bytes")
+        stored = await asyncio.to_thread(self.media.put, bytes(data), command.declared_mime)
+        return dataclasses.asdict(stored)
 
     async def _send_text(self, client: DriverClient, command: ipc.SendText) -> dict[str, Any]:
         if command.reply_to:

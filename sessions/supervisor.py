@@ -30,11 +30,12 @@ from typing import Any, Literal
 import asyncpg
 import psutil
 
+from db import messages as messages_db
 from db import sessions as sessions_db
 from sessions import events, ipc
 from sessions.backoff import Backoff
 from sessions.ingest import SessionIngest
-from sessions.store import Changes, StoreOptions, phone_of
+from sessions.store import Changes, MediaRequest, StoreOptions, phone_of, store_contact
 
 log = logging.getLogger(__name__)
 
@@ -42,6 +43,8 @@ PROJECT_ROOT = str(Path(__file__).resolve().parent.parent)
 
 Emit = Callable[[str, int, int | None, dict[str, Any]], Awaitable[Any]]
 """(event name, owner user id, session id, payload) -> published to the user's clients."""
+EmitMany = Callable[[int, int | None, list[tuple[str, dict[str, Any]]]], Awaitable[Any]]
+"""(owner user id, session id, [(event name, payload), ...]) -> published in one go."""
 
 TERMINAL_STATES = frozenset({"logged_out", "banned", "replaced", "qr_expired", "failed", "stopped"})
 
@@ -68,6 +71,7 @@ class SupervisorConfig:
     keep_revoked: bool = True
     media_dir: Path | None = None
     media_max_bytes: int = 100 * 1024 * 1024
+    media_retry_base: float = 1.0
 
 
 @dataclass
@@ -122,10 +126,17 @@ class ProcessStats:
 
 
 class SessionSupervisor:
-    def __init__(self, pool: asyncpg.Pool, config: SupervisorConfig, emit: Emit | None = None):
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        config: SupervisorConfig,
+        emit: Emit | None = None,
+        emit_many: EmitMany | None = None,
+    ):
         self.pool = pool
         self.config = config
         self._emit = emit
+        self._emit_many = emit_many
         self._workers: dict[int, WorkerHandle] = {}
         self._session_worker: dict[int, WorkerHandle] = {}
         self._owners: dict[int, int] = {}
@@ -278,6 +289,8 @@ class SessionSupervisor:
             "qr_codes": self.config.qr_codes,
             "spool_sync": self.config.spool_sync,
             "log_level": self.config.log_level,
+            "media_dir": str(self.config.media_dir) if self.config.media_dir else None,
+            "media_max_bytes": self.config.media_max_bytes,
         }
         import json
 
@@ -676,6 +689,7 @@ class SessionSupervisor:
                 push_name=ev.push_name,
             )
             await self.set_state(sid, "connected")
+            self._spawn(self._fetch_pending_media(sid), f"pending media of session {sid}")
         elif isinstance(ev, events.Disconnected):
             await self.set_state(sid, "reconnecting", error=ev.reason or "connection lost")
         elif isinstance(ev, events.KeepAliveTimeout):
@@ -712,25 +726,125 @@ class SessionSupervisor:
 
         self._timers[sid] = loop.call_later(delay, fire)
 
+    # -- attachments and LIDs, after the commit ----------------------------------------------
+
+    MEDIA_ATTEMPTS = 3
+
+    def _fetch_media(self, sid: int, request: MediaRequest) -> None:
+        self._spawn(self._download(sid, request), f"media download {request.message_id}")
+
+    async def _download(self, sid: int, request: MediaRequest) -> None:
+        command = ipc.DownloadMedia(
+            message_id=request.message_id,
+            wa_message_id=request.wa_message_id,
+            message=request.raw,
+            declared_size=request.media.file_length,
+            declared_mime=request.media.mime_type,
+        )
+        backoff = Backoff(base=self.config.media_retry_base, cap=30.0)
+        result: dict[str, Any] | None = None
+        error = ""
+        for attempt in range(1, self.MEDIA_ATTEMPTS + 1):
+            try:
+                result = await self.request(sid, command, timeout=300)
+                break
+            except SessionUnavailable:
+                return  # stays pending; fetched again when the session is connected
+            except (CommandFailed, TimeoutError) as exc:
+                error = str(exc)
+                log.warning(
+                    "session %s: media of message %s, attempt %s failed: %s",
+                    sid,
+                    request.message_id,
+                    attempt,
+                    error,
+                )
+                if attempt < self.MEDIA_ATTEMPTS:
+                    await asyncio.sleep(backoff.next_delay())
+        if result is None:
+            changed = await messages_db.set_media(self.pool, request.message_id, "failed")
+        else:
+            changed = await messages_db.set_media(
+                self.pool,
+                request.message_id,
+                str(result["status"]),
+                sha256=result.get("sha256"),
+                mime=result.get("mime"),
+                size=result.get("size"),
+            )
+        if changed is not None:
+            await self._publish(
+                "message-updated",
+                sid,
+                {
+                    "session_id": sid,
+                    **changed,
+                    "change": "media",
+                    "media_status": "failed" if result is None else result["status"],
+                    "error": error or None,
+                },
+            )
+
+    async def _fetch_pending_media(self, sid: int) -> None:
+        for row in await messages_db.pending_media(self.pool, sid):
+            raw = row["raw"] or {}
+            media = events.MediaInfo(file_length=row["media_size"], mime_type=row["media_mime"])
+            self._fetch_media(
+                sid, MediaRequest(row["id"], row["wa_message_id"], media, raw.get("message", {}))
+            )
+
+    async def _resolve_lids(self, sid: int, lids: set[str]) -> None:
+        for lid in sorted(lids):
+            try:
+                result = await self.request(sid, ipc.ResolveLid(lid=lid), timeout=30)
+            except (SessionUnavailable, CommandFailed, TimeoutError) as exc:
+                log.info("session %s: no phone number for %s yet (%s)", sid, lid, exc)
+                continue
+            phone_jid = result.get("phone_jid")
+            if not phone_jid:
+                continue
+            changes = Changes()
+            async with self.pool.acquire() as conn, conn.transaction():
+                await store_contact(
+                    conn, sid, events.ContactUpdate(jid=str(phone_jid), lid=lid), changes
+                )
+            await self._publish_changes(sid, changes)
+
+    async def publish_conversation(self, sid: int, conversation_id: int) -> None:
+        """Tell the owner's clients a conversation changed (e.g. read from the inbox)."""
+        await self._publish(
+            "conversation-updated", sid, {"session_id": sid, "conversation_id": conversation_id}
+        )
+
     async def _publish_changes(self, sid: int, changes: Changes) -> None:
+        for request in changes.media:
+            self._fetch_media(sid, request)
+        if changes.unresolved_lids and sid in self._session_worker:
+            self._spawn(self._resolve_lids(sid, set(changes.unresolved_lids)), "LID lookup")
         if not changes:
             return
-        for message in changes.new_messages:
-            await self._publish("message-new", sid, {"session_id": sid, **message})
-        for status in changes.statuses:
-            await self._publish("message-status", sid, {"session_id": sid, **status})
-        for update in changes.updated:
-            await self._publish("message-updated", sid, {"session_id": sid, **update})
-        for gone, kept in changes.merged:
-            await self._publish(
-                "conversation-merged",
-                sid,
-                {"session_id": sid, "conversation_id": kept, "merged_from": gone},
-            )
-        for conversation_id in sorted(changes.conversations):
-            await self._publish(
-                "conversation-updated", sid, {"session_id": sid, "conversation_id": conversation_id}
-            )
+        items: list[tuple[str, dict[str, Any]]] = []
+        base = {"session_id": sid}
+        items += [("message-new", {**base, **m}) for m in changes.new_messages]
+        items += [("message-status", {**base, **s}) for s in changes.statuses]
+        items += [("message-updated", {**base, **u}) for u in changes.updated]
+        items += [
+            ("conversation-merged", {**base, "conversation_id": kept, "merged_from": gone})
+            for gone, kept in changes.merged
+        ]
+        items += [
+            ("conversation-updated", {**base, "conversation_id": cid})
+            for cid in sorted(changes.conversations)
+        ]
+        owner = self._owners.get(sid)
+        if self._emit_many is not None and owner is not None:
+            try:
+                await self._emit_many(owner, sid, items)
+            except Exception:
+                log.exception("publishing %d events failed", len(items))
+            return
+        for name, payload in items:
+            await self._publish(name, sid, payload)
 
     def qr_pair_code(self, session_id: int) -> str | None:
         return self._pair_codes.get(session_id)

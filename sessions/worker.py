@@ -45,6 +45,8 @@ class WorkerConfig(BaseModel):
     qr_codes: int = 6
     spool_sync: Literal["fsync", "flush"] = "fsync"
     log_level: str = "info"
+    media_dir: Path | None = None
+    media_max_bytes: int = 100 * 1024 * 1024
 
 
 def _die_with_parent() -> None:
@@ -133,6 +135,7 @@ class Worker:
 
     async def _handle(self, message: Any, factory: Any, timing: Any) -> None:
         from sessions.backoff import Backoff
+        from sessions.media import MediaStore
         from sessions.runtime import SessionRuntime
         from sessions.spool import Spool
 
@@ -158,6 +161,10 @@ class Worker:
                 connect_lock=self._connect_lock,
                 backoff=Backoff(base=self.config.backoff_base, cap=self.config.backoff_cap),
                 qr_timing=timing,
+                media=MediaStore(
+                    self.config.media_dir or self.config.data_dir / "media",
+                    self.config.media_max_bytes,
+                ),
             )
             self.runtimes[message.session_id] = runtime
             runtime.start(message.jid)
