@@ -33,10 +33,6 @@ _LID_ROW = "SELECT id FROM contacts WHERE session_id = $1 AND jid = $2"
 _RENAME = "UPDATE contacts SET jid = $2, lid = $3, phone = coalesce(phone, $4) WHERE id = $1"
 _DROP = "DELETE FROM contacts WHERE id = $1"
 _CLEAR_LID = "UPDATE contacts SET lid = NULL WHERE session_id = $1 AND lid = $2 AND jid <> $3"
-_LINK = """
-UPDATE conversations SET contact_id = $3
-WHERE session_id = $1 AND external_id = $2 AND contact_id IS DISTINCT FROM $3
-"""
 
 
 async def upsert(
@@ -67,7 +63,36 @@ async def upsert(
     return int(value)
 
 
-async def link_conversation(
-    conn: Executor, session_id: int, external_id: str, contact_id: int
+_UPSERT_MANY = """
+INSERT INTO contacts (session_id, jid, phone, push_name)
+SELECT $1, j, p, n FROM unnest($2::text[], $3::text[], $4::text[]) AS u(j, p, n)
+ON CONFLICT (session_id, jid) DO UPDATE SET
+    push_name = coalesce(EXCLUDED.push_name, contacts.push_name),
+    phone = coalesce(contacts.phone, EXCLUDED.phone),
+    updated_at = now()
+WHERE contacts.push_name IS DISTINCT FROM coalesce(EXCLUDED.push_name, contacts.push_name)
+   OR contacts.phone IS NULL AND EXCLUDED.phone IS NOT NULL
+"""
+_LINK_MANY = """
+UPDATE conversations c SET contact_id = k.id
+FROM contacts k
+WHERE c.session_id = $1 AND k.session_id = $1 AND c.external_id = ANY($2::text[])
+  AND k.jid = c.external_id AND c.contact_id IS DISTINCT FROM k.id
+"""
+
+
+async def upsert_many(
+    conn: Executor, session_id: int, people: dict[str, tuple[str | None, str | None]]
 ) -> None:
-    await conn.execute(_LINK, session_id, external_id, contact_id)
+    """Phone-keyed people seen in a batch: jid -> (phone, push name); linked to their chats."""
+    if not people:
+        return
+    jids = list(people)
+    await conn.execute(
+        _UPSERT_MANY,
+        session_id,
+        jids,
+        [people[j][0] for j in jids],
+        [people[j][1] for j in jids],
+    )
+    await conn.execute(_LINK_MANY, session_id, jids)

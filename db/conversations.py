@@ -2,55 +2,14 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from db import Executor
 
-# One statement: create the chat or bring its name and activity up to date. `unread_inc` counts
-# the new inbound messages; the last-message time only moves forward.
-_UPSERT = """
-INSERT INTO conversations (session_id, external_id, kind, contact_name, wa_user_id, lid,
-                           started_at, last_message_at, unread_count)
-VALUES ($1, $2, $3, $4, $5, $6, coalesce($7, now()), $7, $8)
-ON CONFLICT (session_id, external_id) DO UPDATE SET
-    contact_name = coalesce(EXCLUDED.contact_name, conversations.contact_name),
-    wa_user_id = coalesce(conversations.wa_user_id, EXCLUDED.wa_user_id),
-    lid = coalesce(conversations.lid, EXCLUDED.lid),
-    last_message_at = greatest(conversations.last_message_at, EXCLUDED.last_message_at),
-    unread_count = conversations.unread_count + EXCLUDED.unread_count,
-    updated_at = now()
-RETURNING id
-"""
 _BY_EXTERNAL = "SELECT id FROM conversations WHERE session_id = $1 AND external_id = $2"
-
-
-async def upsert(
-    conn: Executor,
-    *,
-    session_id: int,
-    external_id: str,
-    kind: str,
-    contact_name: str | None,
-    wa_user_id: str | None,
-    lid: str | None,
-    last_message_at: datetime | None,
-    unread_inc: int = 0,
-) -> int:
-    return int(
-        await conn.fetchval(
-            _UPSERT,
-            session_id,
-            external_id,
-            kind,
-            contact_name,
-            wa_user_id,
-            lid,
-            last_message_at,
-            unread_inc,
-        )
-    )
 
 
 async def id_by_external(conn: Executor, session_id: int, external_id: str) -> int | None:
@@ -111,9 +70,6 @@ async def link_lid(
     return int(lid_conv), phone_conv
 
 
-_UNREAD_ADD = """
-UPDATE conversations SET unread_count = greatest(unread_count + $2, 0) WHERE id = $1
-"""
 _READ_BY_MESSAGES = """
 UPDATE conversations SET unread_count = 0, updated_at = now()
 WHERE id IN (SELECT DISTINCT conversation_id FROM messages
@@ -125,10 +81,6 @@ _MARK_READ = """
 UPDATE conversations SET unread_count = 0, updated_at = now() WHERE id = $1 AND unread_count > 0
 RETURNING id
 """
-
-
-async def unread_add(conn: Executor, conversation_id: int, delta: int) -> None:
-    await conn.execute(_UNREAD_ADD, conversation_id, delta)
 
 
 async def mark_read_by_messages(conn: Executor, session_id: int, wa_ids: list[str]) -> list[int]:
@@ -160,3 +112,58 @@ async def with_owner(conn: Executor, conversation_id: int) -> dict[str, Any] | N
 
 async def last_inbound(conn: Executor, conversation_id: int, limit: int) -> list[dict[str, Any]]:
     return [dict(r) for r in await conn.fetch(_LAST_INBOUND, conversation_id, limit)]
+
+
+_UPSERT_MANY = """
+INSERT INTO conversations (session_id, external_id, kind, contact_name, wa_user_id, lid,
+                           started_at, last_message_at, unread_count)
+SELECT $1, e, k, n, w, l, t, t, 0
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
+     AS u(e, k, n, w, l, t)
+ON CONFLICT (session_id, external_id) DO UPDATE SET
+    contact_name = coalesce(EXCLUDED.contact_name, conversations.contact_name),
+    wa_user_id = coalesce(conversations.wa_user_id, EXCLUDED.wa_user_id),
+    lid = coalesce(conversations.lid, EXCLUDED.lid),
+    last_message_at = greatest(conversations.last_message_at, EXCLUDED.last_message_at),
+    updated_at = now()
+RETURNING id, external_id
+"""
+_UNREAD_ADD_MANY = """
+UPDATE conversations c SET unread_count = c.unread_count + u.n, updated_at = now()
+FROM unnest($1::bigint[], $2::int[]) AS u(id, n)
+WHERE c.id = u.id
+"""
+
+
+@dataclass(frozen=True)
+class ChatTouch:
+    """One conversation a batch of messages touches (its newest message's data)."""
+
+    external_id: str
+    kind: str
+    contact_name: str | None
+    wa_user_id: str | None
+    lid: str | None
+    last_message_at: datetime
+
+
+async def upsert_many(conn: Executor, session_id: int, chats: list[ChatTouch]) -> dict[str, int]:
+    """Create or refresh several conversations in one statement; external id -> id."""
+    if not chats:
+        return {}
+    rows = await conn.fetch(
+        _UPSERT_MANY,
+        session_id,
+        [c.external_id for c in chats],
+        [c.kind for c in chats],
+        [c.contact_name for c in chats],
+        [c.wa_user_id for c in chats],
+        [c.lid for c in chats],
+        [c.last_message_at for c in chats],
+    )
+    return {r["external_id"]: int(r["id"]) for r in rows}
+
+
+async def unread_add_many(conn: Executor, counts: dict[int, int]) -> None:
+    if counts:
+        await conn.execute(_UNREAD_ADD_MANY, list(counts), list(counts.values()))

@@ -11,16 +11,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from db import Executor
 
-_INSERT = """
-INSERT INTO messages (session_id, conversation_id, wa_message_id, direction, sender_type,
-                      sender_jid, sender_name, message_type, text_content, media_sha256,
-                      media_mime, media_size, media_filename, media_status,
-                      quoted_wa_message_id, raw, status, from_history, sent_at)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)
-ON CONFLICT (session_id, wa_message_id) WHERE wa_message_id IS NOT NULL DO NOTHING
-RETURNING id
-"""
-
 # Status only moves forward: pending < sent < delivered < read < played.
 _RANK = "array_position(ARRAY['pending','sent','delivered','read','played']::text[], {})"
 _RECEIPT = f"""
@@ -96,33 +86,6 @@ class NewMessage:
     status: str
     from_history: bool
     sent_at: datetime
-
-
-async def insert(conn: Executor, m: NewMessage) -> int | None:
-    """The new row's id, or None when this WhatsApp message is already stored."""
-    value = await conn.fetchval(
-        _INSERT,
-        m.session_id,
-        m.conversation_id,
-        m.wa_message_id,
-        m.direction,
-        m.sender_type,
-        m.sender_jid,
-        m.sender_name,
-        m.message_type,
-        m.text_content,
-        m.media_sha256,
-        m.media_mime,
-        m.media_size,
-        m.media_filename,
-        m.media_status,
-        m.quoted_wa_message_id,
-        m.raw,
-        m.status,
-        m.from_history,
-        m.sent_at,
-    )
-    return int(value) if value is not None else None
 
 
 async def apply_receipt(
@@ -212,3 +175,56 @@ async def pending_media(conn: Executor, session_id: int, limit: int = 200) -> li
 async def media_of(conn: Executor, message_id: int) -> dict[str, Any] | None:
     row = await conn.fetchrow(_MEDIA_OF, message_id)
     return dict(row) if row else None
+
+
+_INSERT_MANY = """
+INSERT INTO messages (session_id, conversation_id, wa_message_id, direction, sender_type,
+                      sender_jid, sender_name, message_type, text_content, media_sha256,
+                      media_mime, media_size, media_filename, media_status,
+                      quoted_wa_message_id, raw, status, from_history, sent_at)
+SELECT $1, c, w, d, st, sj, sn, mt, tc, ms, mm, mz, mf, mstat, q, r::jsonb, s, h, t
+FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+            $8::text[], $9::text[], $10::text[], $11::text[], $12::bigint[], $13::text[],
+            $14::text[], $15::text[], $16::text[], $17::text[], $18::bool[],
+            $19::timestamptz[])
+     AS u(c, w, d, st, sj, sn, mt, tc, ms, mm, mz, mf, mstat, q, r, s, h, t)
+ON CONFLICT (session_id, wa_message_id) WHERE wa_message_id IS NOT NULL DO NOTHING
+RETURNING id, wa_message_id
+"""
+
+
+async def insert_many(conn: Executor, session_id: int, rows: list[NewMessage]) -> dict[str, int]:
+    """Insert several messages in one statement; wa id -> new row id for those that were new
+    (already stored ones are skipped)."""
+    if not rows:
+        return {}
+    columns = list(
+        zip(
+            *[
+                (
+                    m.conversation_id,
+                    m.wa_message_id,
+                    m.direction,
+                    m.sender_type,
+                    m.sender_jid,
+                    m.sender_name,
+                    m.message_type,
+                    m.text_content,
+                    m.media_sha256,
+                    m.media_mime,
+                    m.media_size,
+                    m.media_filename,
+                    m.media_status,
+                    m.quoted_wa_message_id,
+                    json.dumps(m.raw) if m.raw is not None else None,
+                    m.status,
+                    m.from_history,
+                    m.sent_at,
+                )
+                for m in rows
+            ],
+            strict=True,
+        )
+    )
+    found = await conn.fetch(_INSERT_MANY, session_id, *[list(c) for c in columns])
+    return {r["wa_message_id"]: int(r["id"]) for r in found}

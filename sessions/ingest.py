@@ -106,10 +106,13 @@ class SessionIngest:
                 try:
                     changes = Changes()
                     async with self._pool.acquire() as conn, conn.transaction():
-                        for frame in batch:
-                            await store_events(
-                                conn, self.session_id, frame.events, changes, self._options
-                            )
+                        await store_events(
+                            conn,
+                            self.session_id,
+                            [ev for frame in batch for ev in frame.events],
+                            changes,
+                            self._options,
+                        )
                     break
                 except asyncio.CancelledError:
                     raise

@@ -332,6 +332,9 @@ class SessionRuntime:
             return []
 
     def _dispatch(self, client: DriverClient, seq: int, code: int, payload: bytes) -> None:
+        # Nothing is acted on before it is on disk; the first dispatch of a burst syncs the
+        # whole burst, the others find nothing left to sync.
+        self.spool.sync()
         if code == CONNECTED_CODE:
             client.connected = True
         evs = [self._with_identity(client, ev) for ev in self._translate(code, payload)]

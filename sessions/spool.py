@@ -2,7 +2,8 @@
 
 neonize hands each event to Python on its callback thread, one at a time, after whatsmeow has
 already acknowledged it to WhatsApp (NEONIZE.md). The worker appends the raw event bytes here,
-synchronously on that thread, before scheduling any handler; the supervisor acknowledges a
+synchronously on that thread, before scheduling any handler, and the handler fsyncs before it
+acts on the event (one fsync covers a burst of events); the supervisor acknowledges a
 sequence number only after the database transaction that stored it commits; on start, a worker
 replays what was spooled and never acknowledged. So an event that reached Python is never lost,
 whatever dies afterwards (worker, gateway, database), and the idempotent store makes a replay
@@ -43,7 +44,8 @@ class Spool:
     def __init__(self, directory: Path, *, sync: SyncMode = "fsync") -> None:
         self.dir = directory
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.sync = sync
+        self.sync_mode = sync
+        self._dirty = False
         self._lock = threading.Lock()
         self._acked = self._read_acked()
         self._segments = sorted(self._segment_paths(), key=lambda p: self._first_seq(p))
@@ -117,21 +119,37 @@ class Spool:
         return handle
 
     def append(self, code: int, payload: bytes) -> int:
-        """Durably record one event; return its sequence number."""
+        """Record one event and return its sequence number.
+
+        On return the record is in the kernel (it survives this process being killed);
+        `sync()` makes it survive a power loss too. Callers sync before they act on an event,
+        which lets one fsync cover a burst of events.
+        """
         record_crc = zlib.crc32(payload)
         with self._lock:
             seq = self._last_seq + 1
             if self._file is None or self._file_size >= SEGMENT_BYTES:
                 if self._file is not None:
+                    self._sync_locked()
                     self._file.close()
                 self._file = self._open_segment(seq)
             self._file.write(_RECORD.pack(seq, code, len(payload), record_crc) + payload)
             self._file.flush()
-            if self.sync == "fsync":
-                os.fdatasync(self._file.fileno())
+            self._dirty = True
             self._file_size += _RECORD.size + len(payload)
             self._last_seq = seq
             return seq
+
+    def sync(self) -> None:
+        """fsync everything appended so far (a no-op when nothing is pending, or in flush
+        mode)."""
+        with self._lock:
+            self._sync_locked()
+
+    def _sync_locked(self) -> None:
+        if self._dirty and self._file is not None and self.sync_mode == "fsync":
+            os.fdatasync(self._file.fileno())
+        self._dirty = False
 
     def ack(self, seq: int) -> None:
         """Everything up to `seq` is stored upstream; drop what is no longer needed."""
@@ -165,6 +183,7 @@ class Spool:
 
     def close(self) -> None:
         with self._lock:
+            self._sync_locked()
             if self._file is not None:
                 self._file.close()
                 self._file = None

@@ -132,51 +132,96 @@ async def store_message(
     *,
     history: bool = False,
 ) -> None:
+    """Store one message (reactions, edits, revokes and votes change their target instead)."""
     if msg.type in INTERACTION_TYPES and msg.target_id:
         await _interaction(conn, session_id, msg, changes, options)
         return
-    await _store_plain(conn, session_id, msg, changes, options, history=history)
+    await store_plain_messages(conn, session_id, [(msg, history)], changes)
 
 
-async def _store_plain(
+async def store_plain_messages(
     conn: Conn,
     session_id: int,
-    msg: events.WaMessage,
+    batch: list[tuple[events.WaMessage, bool]],
     changes: Changes,
-    options: StoreOptions,
-    *,
-    history: bool = False,
 ) -> None:
-    external_id, lid = canonical_chat(msg)
-    kind = chat_kind(external_id)
-    inbound = not msg.from_me
-    if kind == "direct":
-        await _resolve_person(conn, session_id, external_id, lid, changes)
-    conversation_id = await conversations.upsert(
-        conn,
-        session_id=session_id,
-        external_id=external_id,
-        kind=kind,
-        contact_name=msg.push_name if (inbound and kind == "direct") else None,
-        wa_user_id=phone_of(external_id),
-        lid=lid if lid != external_id or is_lid(external_id) else None,
-        last_message_at=msg.timestamp,
-        unread_inc=1 if (inbound and not history) else 0,
-    )
-    sender, _ = canonical(msg.sender, msg.sender_alt)
-    if inbound and kind == "direct":
-        contact_id = await contacts.upsert(
-            conn,
-            session_id=session_id,
-            jid=external_id,
-            lid=lid,
-            phone=phone_of(external_id),
-            push_name=msg.push_name,
+    """Store messages that are bubbles of their own, a whole batch in a few statements:
+    one upsert of the conversations they touch, one insert of the messages, one update of
+    unread counts, one upsert of the contacts. (message, from history) pairs, in order."""
+    if not batch:
+        return
+    chats: dict[str, conversations.ChatTouch] = {}
+    people: dict[str, tuple[str | None, str | None]] = {}
+    placed: list[tuple[events.WaMessage, bool, str]] = []
+    for msg, history in batch:
+        external_id, lid = canonical_chat(msg)
+        kind = chat_kind(external_id)
+        inbound = not msg.from_me
+        if kind == "direct":
+            await _resolve_person(conn, session_id, external_id, lid, changes)
+        known = chats.get(external_id)
+        name = msg.push_name if (inbound and kind == "direct") else None
+        if known is None or msg.timestamp >= known.last_message_at:
+            chats[external_id] = conversations.ChatTouch(
+                external_id=external_id,
+                kind=kind,
+                contact_name=name or (known.contact_name if known else None),
+                wa_user_id=phone_of(external_id),
+                lid=lid if lid != external_id or is_lid(external_id) else None,
+                last_message_at=msg.timestamp,
+            )
+        if inbound and kind == "direct":
+            if lid is not None and lid != external_id:
+                await contacts.upsert(
+                    conn,
+                    session_id=session_id,
+                    jid=external_id,
+                    lid=lid,
+                    phone=phone_of(external_id),
+                    push_name=msg.push_name,
+                )
+            people[external_id] = (phone_of(external_id), msg.push_name)
+        placed.append((msg, history, external_id))
+    ids = await conversations.upsert_many(conn, session_id, list(chats.values()))
+    rows: dict[str, NewMessage] = {}
+    for msg, history, external_id in placed:
+        if msg.id not in rows:
+            rows[msg.id] = _row(session_id, ids[external_id], msg, history)
+    new = await messages.insert_many(conn, session_id, list(rows.values()))
+    await contacts.upsert_many(conn, session_id, people)
+    unread: dict[int, int] = {}
+    for wa_id, row in rows.items():
+        message_id = new.get(wa_id)
+        if message_id is None:
+            continue  # already stored: a redelivery or a replay
+        if row.direction == "inbound" and not row.from_history:
+            unread[row.conversation_id] = unread.get(row.conversation_id, 0) + 1
+        changes.conversations.add(row.conversation_id)
+        changes.new_messages.append(
+            {
+                "id": message_id,
+                "conversation_id": row.conversation_id,
+                "wa_message_id": wa_id,
+                "direction": row.direction,
+                "sender_type": row.sender_type,
+                "message_type": row.message_type,
+                "text_content": row.text_content,
+                "sent_at": row.sent_at.isoformat(),
+                "from_history": row.from_history,
+            }
         )
-        await contacts.link_conversation(conn, session_id, external_id, contact_id)
+    await conversations.unread_add_many(conn, unread)
+    for msg, _history, _external in placed:
+        if msg.media is not None and msg.type in MEDIA_TYPES and msg.id in new:
+            changes.media.append(MediaRequest(new[msg.id], msg.id, msg.media, msg.raw))
+
+
+def _row(session_id: int, conversation_id: int, msg: events.WaMessage, history: bool) -> NewMessage:
+    inbound = not msg.from_me
+    sender, _ = canonical(msg.sender, msg.sender_alt)
     media = msg.media
     has_media = media is not None and msg.type in MEDIA_TYPES
-    row = NewMessage(
+    return NewMessage(
         session_id=session_id,
         conversation_id=conversation_id,
         wa_message_id=msg.id,
@@ -197,28 +242,6 @@ async def _store_plain(
         from_history=history,
         sent_at=msg.timestamp,
     )
-    new_id = await messages.insert(conn, row)
-    if new_id is None:
-        # Already stored (a redelivery or a replay). Undo the unread bump of the upsert.
-        if inbound and not history:
-            await conversations.unread_add(conn, conversation_id, -1)
-        return
-    changes.conversations.add(conversation_id)
-    changes.new_messages.append(
-        {
-            "id": new_id,
-            "conversation_id": conversation_id,
-            "wa_message_id": msg.id,
-            "direction": row.direction,
-            "sender_type": row.sender_type,
-            "message_type": msg.type,
-            "text_content": msg.text,
-            "sent_at": msg.timestamp.isoformat(),
-            "from_history": history,
-        }
-    )
-    if has_media and media is not None:
-        changes.media.append(MediaRequest(new_id, msg.id, media, msg.raw))
 
 
 def _raw(msg: events.WaMessage) -> dict[str, Any] | None:
@@ -266,7 +289,7 @@ async def _interaction(
             msg.timestamp,
         )
         if result is None:  # the poll is not here (yet): keep the vote as a message
-            await _store_plain(conn, session_id, msg, changes, options)
+            await store_plain_messages(conn, session_id, [(msg, False)], changes)
             return
     elif msg.type == "edit":
         result = await messages.edit(conn, session_id, msg.target_id, msg.text or "", msg.timestamp)
@@ -324,15 +347,35 @@ async def store_events(
     changes: Changes,
     options: StoreOptions,
 ) -> None:
-    """Store every durable event of a frame (the caller holds the transaction)."""
+    """Store the durable events of one or more frames, in order (the caller holds the
+    transaction). Runs of plain messages are stored together."""
+    run: list[tuple[events.WaMessage, bool]] = []
+
+    async def flush() -> None:
+        await store_plain_messages(conn, session_id, run, changes)
+        run.clear()
+
     for ev in evs:
         if isinstance(ev, events.MessageReceived):
-            await store_message(conn, session_id, ev.message, changes, options)
-        elif isinstance(ev, events.Receipt):
+            msg = ev.message
+            if msg.type in INTERACTION_TYPES and msg.target_id:
+                await flush()
+                await _interaction(conn, session_id, msg, changes, options)
+            else:
+                run.append((msg, False))
+            continue
+        if isinstance(ev, events.HistoryChunk):
+            for conv in ev.conversations:
+                for message in conv.messages:
+                    if message.type in INTERACTION_TYPES and message.target_id:
+                        await flush()
+                        await _interaction(conn, session_id, message, changes, options)
+                    else:
+                        run.append((message, True))
+            continue
+        await flush()
+        if isinstance(ev, events.Receipt):
             await store_receipt(conn, session_id, ev, changes)
         elif isinstance(ev, events.ContactUpdate):
             await store_contact(conn, session_id, ev, changes)
-        elif isinstance(ev, events.HistoryChunk):
-            for conv in ev.conversations:
-                for message in conv.messages:
-                    await store_message(conn, session_id, message, changes, options, history=True)
+    await flush()
