@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -126,7 +127,7 @@ ON CONFLICT (session_id, external_id) DO UPDATE SET
     lid = coalesce(conversations.lid, EXCLUDED.lid),
     last_message_at = greatest(conversations.last_message_at, EXCLUDED.last_message_at),
     updated_at = now()
-RETURNING id, external_id
+RETURNING id, external_id, (xmax = 0) AS created
 """
 _UNREAD_ADD_MANY = """
 UPDATE conversations c SET unread_count = c.unread_count + u.n, updated_at = now()
@@ -147,10 +148,13 @@ class ChatTouch:
     last_message_at: datetime
 
 
-async def upsert_many(conn: Executor, session_id: int, chats: list[ChatTouch]) -> dict[str, int]:
-    """Create or refresh several conversations in one statement; external id -> id."""
+async def upsert_many(
+    conn: Executor, session_id: int, chats: list[ChatTouch]
+) -> tuple[dict[str, int], list[str]]:
+    """Create or refresh several conversations in one statement; (external id -> id, the
+    external ids that are new)."""
     if not chats:
-        return {}
+        return {}, []
     rows = await conn.fetch(
         _UPSERT_MANY,
         session_id,
@@ -161,7 +165,23 @@ async def upsert_many(conn: Executor, session_id: int, chats: list[ChatTouch]) -
         [c.lid for c in chats],
         [c.last_message_at for c in chats],
     )
-    return {r["external_id"]: int(r["id"]) for r in rows}
+    return (
+        {r["external_id"]: int(r["id"]) for r in rows},
+        [r["external_id"] for r in rows if r["created"]],
+    )
+
+
+_SET_GROUP = """
+UPDATE conversations
+SET contact_name = coalesce($2, contact_name), participants = $3::text::jsonb, updated_at = now()
+WHERE id = $1
+"""
+
+
+async def set_group(
+    conn: Executor, conversation_id: int, name: str | None, participants: list[dict[str, Any]]
+) -> None:
+    await conn.execute(_SET_GROUP, conversation_id, name, json.dumps(participants))
 
 
 async def unread_add_many(conn: Executor, counts: dict[int, int]) -> None:

@@ -16,7 +16,7 @@ never touched and nothing here publishes events: history wakes neither Jira nor 
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -69,6 +69,16 @@ _STAGING_COLUMNS = (
 )
 _DROP_STAGING = f"DROP TABLE {STAGING}"
 
+# The import gives way to live writes: a wait longer than this (a live transaction holding a
+# message or a chat this chunk needs, possibly waiting on this chunk in turn) aborts the chunk
+# with asyncpg's LockNotAvailableError, long before PostgreSQL's deadlock check (1 s) could
+# pick the live transaction as its victim. Live transactions take milliseconds.
+LOCK_TIMEOUT_MS = 250
+_SET_LOCK_TIMEOUT = (
+    "SELECT current_setting('lock_timeout') AS previous, set_config('lock_timeout', $1, true)"
+)
+_RESTORE_LOCK_TIMEOUT = "SELECT set_config('lock_timeout', $1, true)"
+
 # The chats of the chunk, as parallel arrays; `idx` is the position in the deduplicated list.
 _CHATS = """
 unnest($2::integer[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
@@ -77,7 +87,8 @@ unnest($2::integer[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[]
 """
 
 # New chats only. Without a conflict target, DO NOTHING also steps aside when the LID is taken:
-# that chat is the same person under the other addressing form and is resolved below.
+# that chat is the same person under the other addressing form and is resolved below; so is a
+# chat keyed by a LID that a stored chat already holds beside its phone JID.
 _INSERT_CONVERSATIONS = f"""
 INSERT INTO conversations (session_id, external_id, lid, kind, contact_name, wa_user_id,
                            unread_count, started_at, last_message_at)
@@ -87,11 +98,13 @@ SELECT $1, s.external_id, s.lid, s.kind, s.contact_name, s.wa_user_id, s.unread_
 FROM {_CHATS}
 LEFT JOIN (SELECT conversation_idx, min(sent_at) AS oldest, max(sent_at) AS newest
            FROM {STAGING} GROUP BY conversation_idx) AS m ON m.conversation_idx = s.idx
+WHERE NOT EXISTS (SELECT 1 FROM conversations AS o
+                  WHERE o.session_id = $1 AND o.lid = s.external_id)
 ORDER BY s.idx
 ON CONFLICT DO NOTHING
 """
 
-# Every chat of the chunk, by external id or else by LID.
+# Every chat of the chunk, by external id or else by LID ($3: the LIDs and the external ids).
 _RESOLVE = """
 SELECT id, external_id, lid FROM conversations
 WHERE session_id = $1 AND (external_id = ANY($2::text[]) OR lid = ANY($3::text[]))
@@ -141,7 +154,9 @@ WHERE c.id = s.id AND c.session_id = $1
        OR m.oldest < c.started_at)
 """
 
-_encode_json = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+# ASCII output (the fastest path of the C encoder and of the UTF-8 step after it); no circular
+# check: raw comes from a decoded protobuf, a tree.
+_encode_json = json.JSONEncoder(separators=(",", ":"), check_circular=False).encode
 
 
 @dataclass(frozen=True)
@@ -230,38 +245,34 @@ def _raw_json(raw: dict[str, Any] | None) -> str | None:
     if raw is None:
         return None
     text = _encode_json(raw)
-    # jsonb refuses \u0000 (and a NUL kept as-is by ensure_ascii=False): the rare slow path.
-    return _encode_json(_without_nul(raw)) if "\x00" in text or "\\u0000" in text else text
+    # jsonb refuses \u0000: the rare slow path.
+    return _encode_json(_without_nul(raw)) if "\\u0000" in text else text
 
 
-def _records(messages: Sequence[HistoryMessageRow], index: dict[str, int]) -> list[tuple[Any, ...]]:
-    try:
-        return [
-            (
-                index[m.external_id],
-                m.wa_message_id,
-                m.direction,
-                m.sender_type,
-                m.sender_jid,
-                _no_nul(m.sender_name),
-                m.message_type,
-                _no_nul(m.text_content),
-                m.media_sha256,
-                m.media_mime,
-                m.media_size,
-                _no_nul(m.media_filename),
-                m.media_status,
-                m.quoted_wa_message_id,
-                _raw_json(m.raw),
-                m.status,
-                m.sent_at,
-            )
-            for m in messages
-        ]
-    except KeyError as exc:
-        raise ValueError(
-            f"history message refers to conversation {exc.args[0]!r}, which is not in the chunk"
-        ) from None
+def _records(
+    messages: Sequence[HistoryMessageRow], index: dict[str, int]
+) -> Iterator[tuple[Any, ...]]:
+    """The staging rows, made while COPY sends them (nothing piles up for the collector)."""
+    for m in messages:
+        yield (
+            index[m.external_id],
+            m.wa_message_id,
+            m.direction,
+            m.sender_type,
+            m.sender_jid,
+            _no_nul(m.sender_name),
+            m.message_type,
+            _no_nul(m.text_content),
+            m.media_sha256,
+            m.media_mime,
+            m.media_size,
+            _no_nul(m.media_filename),
+            m.media_status,
+            m.quoted_wa_message_id,
+            _raw_json(m.raw),
+            m.status,
+            m.sent_at,
+        )
 
 
 def _inserted(status: str) -> int:
@@ -274,6 +285,8 @@ async def import_history(
     session_id: int,
     conversations: Sequence[HistoryConversationRow],
     messages: Sequence[HistoryMessageRow],
+    *,
+    lock_timeout_ms: int | None = LOCK_TIMEOUT_MS,
 ) -> HistoryImportResult:
     """Store one history chunk; the caller holds the transaction (one per chunk).
 
@@ -281,18 +294,31 @@ async def import_history(
     anything is written). New chats take the row's unread count; chats that exist keep theirs and
     their name, gain a LID or phone they lacked, and their last-message time only moves forward.
     A chat whose LID belongs to a stored chat under its other addressing form is that chat.
+
+    Waits for locks are bounded by `lock_timeout_ms` (None: the connection's setting): on
+    `asyncpg.exceptions.LockNotAvailableError` roll back and import the chunk again later, which
+    is safe because the import is idempotent.
     """
     if not conn.is_in_transaction():
         raise RuntimeError("import_history needs the caller's transaction")
     chats = _merge(conversations)
     index = {c.external_id: i for i, c in enumerate(chats)}
-    records = _records(messages, index)
+    missing = {m.external_id for m in messages}.difference(index)
+    if missing:
+        raise ValueError(
+            f"history messages refer to conversations not in the chunk: {sorted(missing)[:5]}"
+        )
     if not chats:
         return HistoryImportResult(conversations={}, inserted=0, skipped=0)
 
+    previous: str | None = None
+    if lock_timeout_ms is not None:
+        previous = await conn.fetchval(_SET_LOCK_TIMEOUT, f"{lock_timeout_ms}ms")
     await conn.execute(_CREATE_STAGING)
-    if records:
-        await conn.copy_records_to_table(STAGING, records=records, columns=_STAGING_COLUMNS)
+    if messages:
+        await conn.copy_records_to_table(
+            STAGING, records=_records(messages, index), columns=_STAGING_COLUMNS
+        )
 
     positions = list(range(len(chats)))
     external_ids = [c.external_id for c in chats]
@@ -309,7 +335,9 @@ async def import_history(
         [c.unread_count for c in chats],
         [c.last_message_at for c in chats],
     )
-    stored = await conn.fetch(_RESOLVE, session_id, external_ids, [x for x in lids if x])
+    stored = await conn.fetch(
+        _RESOLVE, session_id, external_ids, [x for x in lids if x] + external_ids
+    )
     by_external = {r["external_id"]: int(r["id"]) for r in stored}
     by_lid = {r["lid"]: int(r["id"]) for r in stored if r["lid"] is not None}
     ids: list[int] = []
@@ -317,12 +345,14 @@ async def import_history(
         found = by_external.get(chat.external_id)
         if found is None and chat.lid is not None:
             found = by_lid.get(chat.lid)
+        if found is None:
+            found = by_lid.get(chat.external_id)
         if found is None:  # pragma: no cover - inserted or conflicting, so it is there
             raise RuntimeError(f"conversation {chat.external_id!r} was neither stored nor found")
         ids.append(found)
 
     inserted = 0
-    if records:
+    if messages:
         status = await conn.execute(_INSERT_MESSAGES, session_id, positions, ids)
         inserted = _inserted(status)
 
@@ -348,8 +378,10 @@ async def import_history(
         ids,
     )
     await conn.execute(_DROP_STAGING)
+    if previous is not None:
+        await conn.execute(_RESTORE_LOCK_TIMEOUT, previous)
     return HistoryImportResult(
         conversations={c.external_id: ids[index[c.external_id]] for c in conversations},
         inserted=inserted,
-        skipped=len(records) - inserted,
+        skipped=len(messages) - inserted,
     )

@@ -441,6 +441,32 @@ class FakeClient:
                 return self.server.download(digest.hex())
         raise FakeSendError("no media in this message")
 
+    async def get_group_info(self, jid: Any) -> neonize_pb.GroupInfo:
+        if not self.connected:
+            raise FakeSendError("not connected")
+        group = self.server.group(jid.User)
+        if group is None:
+            raise FakeSendError("group not found")
+        participants = [
+            neonize_pb.GroupParticipant(
+                JID=wp.parse_jid(f"{m}@s.whatsapp.net"),
+                PhoneNumber=wp.parse_jid(f"{m}@s.whatsapp.net"),
+                LID=wp.empty_jid(),
+                IsAdmin=index == 0,
+                IsSuperAdmin=index == 0,
+                DisplayName="",
+                Error=0,
+            )
+            for index, m in enumerate(group["members"])
+        ]
+        return neonize_pb.GroupInfo(
+            JID=jid,
+            GroupName=neonize_pb.GroupName(
+                Name=group["name"], NameSetAt=0, NameSetBy=wp.empty_jid()
+            ),
+            Participants=participants,
+        )
+
     async def get_pn_from_lid(self, jid: Any) -> neonize_pb.JID:
         if not self.connected:
             raise FakeSendError("not connected")

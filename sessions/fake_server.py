@@ -249,6 +249,16 @@ class FakeWhatsApp:
             mapping[lid] = phone
             self._write_json(self.root / "lids.json", mapping)
 
+    def define_group(self, group: str, name: str, members: list[str]) -> None:
+        with self._locked("groups"):
+            groups = self._read_json(self.root / "groups.json") or {}
+            groups[group] = {"name": name, "members": [digits(m) for m in members]}
+            self._write_json(self.root / "groups.json", groups)
+
+    def group(self, group: str) -> dict[str, Any] | None:
+        found = (self._read_json(self.root / "groups.json") or {}).get(group)
+        return dict(found) if isinstance(found, dict) else None
+
     def phone_for_lid(self, lid: str) -> str | None:
         mapping = self._read_json(self.root / "lids.json") or {}
         value = mapping.get(lid)
@@ -460,6 +470,11 @@ class Phone:
 
     def sent(self) -> list[dict[str, Any]]:
         return self.server.sent(self.key)
+
+    def create_group(self, group: str, name: str, members: list[str]) -> str:
+        """A group the account is in (its id without @g.us); members are phone numbers."""
+        self.server.define_group(group, name, members)
+        return group
 
     def current_qr(self) -> str | None:
         qr = self.server.pairing(self.key).get("qr")

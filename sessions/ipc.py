@@ -82,6 +82,13 @@ class ResolveLid(_Msg):
     lid: str
 
 
+class GroupInfo(_Msg):
+    """Ask WhatsApp for a group's name and participants."""
+
+    command: Literal["group_info"] = "group_info"
+    group: str
+
+
 class Logout(_Msg):
     command: Literal["logout"] = "logout"
 
@@ -92,7 +99,16 @@ class PairPhone(_Msg):
 
 
 Command = Annotated[
-    SendText | React | Revoke | Edit | MarkRead | Logout | PairPhone | DownloadMedia | ResolveLid,
+    SendText
+    | React
+    | Revoke
+    | Edit
+    | MarkRead
+    | Logout
+    | PairPhone
+    | DownloadMedia
+    | ResolveLid
+    | GroupInfo,
     Field(discriminator="command"),
 ]
 

@@ -65,6 +65,7 @@ class DriverClient(Protocol):
     async def mark_read(self, *message_ids: str, chat: Any, sender: Any, receipt: Any) -> Any: ...
     async def download_any(self, message: Any) -> Any: ...
     async def get_pn_from_lid(self, jid: Any) -> Any: ...
+    async def get_group_info(self, jid: Any) -> Any: ...
 
 
 ClientFactory = Callable[..., DriverClient]
@@ -425,6 +426,20 @@ class SessionRuntime:
             return await self._send_text(client, command)
         if isinstance(command, ipc.DownloadMedia):
             return await self._download(client, command)
+        if isinstance(command, ipc.GroupInfo):
+            info = await client.get_group_info(parse_jid(command.group))
+            return {
+                "name": info.GroupName.Name or None,
+                "participants": [
+                    {
+                        "jid": jid_str(p.JID) or None,
+                        "lid": jid_str(p.LID) or None,
+                        "phone": jid_str(p.PhoneNumber) or None,
+                        "admin": bool(p.IsAdmin or p.IsSuperAdmin),
+                    }
+                    for p in info.Participants
+                ],
+            }
         if isinstance(command, ipc.ResolveLid):
             found = await client.get_pn_from_lid(parse_jid(command.lid))
             return {"phone_jid": jid_str(found) or None}

@@ -52,6 +52,7 @@ class Changes:
     merged: list[tuple[int, int]] = field(default_factory=list)
     media: list[MediaRequest] = field(default_factory=list)
     unresolved_lids: set[str] = field(default_factory=set)
+    new_groups: set[tuple[int, str]] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(
@@ -182,7 +183,10 @@ async def store_plain_messages(
                 )
             people[external_id] = (phone_of(external_id), msg.push_name)
         placed.append((msg, history, external_id))
-    ids = await conversations.upsert_many(conn, session_id, list(chats.values()))
+    ids, created = await conversations.upsert_many(conn, session_id, list(chats.values()))
+    for external_id in created:
+        if chat_kind(external_id) == "group":
+            changes.new_groups.add((ids[external_id], external_id))
     rows: dict[str, NewMessage] = {}
     for msg, history, external_id in placed:
         if msg.id not in rows:

@@ -30,6 +30,7 @@ from typing import Any, Literal
 import asyncpg
 import psutil
 
+from db import conversations as conversations_db
 from db import messages as messages_db
 from db import sessions as sessions_db
 from sessions import events, ipc
@@ -793,6 +794,17 @@ class SessionSupervisor:
                 sid, MediaRequest(row["id"], row["wa_message_id"], media, raw.get("message", {}))
             )
 
+    async def _fetch_group(self, sid: int, conversation_id: int, group: str) -> None:
+        try:
+            info = await self.request(sid, ipc.GroupInfo(group=group), timeout=30)
+        except (SessionUnavailable, CommandFailed, TimeoutError) as exc:
+            log.info("session %s: no info for group %s (%s)", sid, group, exc)
+            return
+        await conversations_db.set_group(
+            self.pool, conversation_id, info.get("name"), list(info.get("participants", []))
+        )
+        await self.publish_conversation(sid, conversation_id)
+
     async def _resolve_lids(self, sid: int, lids: set[str]) -> None:
         for lid in sorted(lids):
             try:
@@ -819,6 +831,8 @@ class SessionSupervisor:
     async def _publish_changes(self, sid: int, changes: Changes) -> None:
         for request in changes.media:
             self._fetch_media(sid, request)
+        for conversation_id, group in sorted(changes.new_groups):
+            self._spawn(self._fetch_group(sid, conversation_id, group), "group info")
         if changes.unresolved_lids and sid in self._session_worker:
             self._spawn(self._resolve_lids(sid, set(changes.unresolved_lids)), "LID lookup")
         if not changes:

@@ -527,3 +527,30 @@ async def test_history_sync_in_chunks_one_repeated_while_live_messages_flow(
         e for e in events.events if e.event == "message-new" and e.payload["from_history"]
     ]
     assert len(new_history) == 3000  # the repeated chunk published nothing
+
+
+async def test_group_messages_land_in_the_group_with_its_name_and_participants(
+    settings: Settings, sid: int, db: Db
+) -> None:
+    group = phone(settings, sid).create_group(
+        "120363000000000001", "Support team", [ALICE, "+5215587654321"]
+    )
+    wa_id = send(settings, sid, text="hi all", group=group, push_name="Alice")
+    row = await db.message(sid, wa_id)
+    assert row["external_id"] == f"{group}@g.us"
+    assert row["sender_jid"] == ALICE_JID
+
+    async def named() -> list[dict[str, Any]] | None:
+        rows = await db.rows(
+            "SELECT kind, contact_name, participants, unread_count FROM conversations "
+            "WHERE id = $1",
+            row["conversation_id"],
+        )
+        return rows if rows[0]["contact_name"] else None
+
+    (conversation,) = await wait_for(named, what="the group's name")
+    assert conversation["kind"] == "group"
+    assert conversation["contact_name"] == "Support team"
+    assert ALICE_JID in conversation["participants"]
+    assert '"admin": true' in conversation["participants"]
+    assert conversation["unread_count"] == 1
