@@ -36,7 +36,8 @@ UPDATE messages
 SET interactions = jsonb_set(
         interactions, '{votes}',
         coalesce(interactions->'votes', '{}'::jsonb)
-        || jsonb_build_object($3::text, jsonb_build_object('options', $4::text::jsonb, 'at', $5::text))),
+        || jsonb_build_object(
+            $3::text, jsonb_build_object('options', $4::text::jsonb, 'at', $5::text))),
     updated_at = now()
 WHERE session_id = $1 AND wa_message_id = $2 AND message_type = 'poll'
 RETURNING id, conversation_id
