@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import tempfile
 import time
@@ -78,10 +79,8 @@ async def wait_count(committed: Committed, n: int, timeout: float) -> None:
         if time.monotonic() > deadline:
             raise TimeoutError(f"only {len(committed.at)} of {n} messages committed")
         committed.changed.clear()
-        try:
+        with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(committed.changed.wait(), 1.0)
-        except TimeoutError:
-            pass
 
 
 async def linked_session(
