@@ -81,6 +81,21 @@ WHERE c.session_id = $1 AND k.session_id = $1 AND c.external_id = ANY($2::text[]
 """
 
 
+_SET_PHOTO = """
+UPDATE contacts SET photo_url = $3, updated_at = now() WHERE session_id = $1 AND jid = $2
+"""
+_SET_CHAT_PHOTO = """
+UPDATE conversations SET contact_photo_url = $3, updated_at = now()
+WHERE session_id = $1 AND external_id = $2
+"""
+
+
+async def set_photo(conn: Executor, session_id: int, jid: str, url: str | None) -> None:
+    """The person's profile picture, on the contact and on their conversation."""
+    await conn.execute(_SET_PHOTO, session_id, jid, url)
+    await conn.execute(_SET_CHAT_PHOTO, session_id, jid, url)
+
+
 async def upsert_many(
     conn: Executor, session_id: int, people: dict[str, tuple[str | None, str | None]]
 ) -> None:

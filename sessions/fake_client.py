@@ -467,6 +467,17 @@ class FakeClient:
             Participants=participants,
         )
 
+    async def get_profile_picture(self, jid: Any) -> neonize_pb.ProfilePictureInfo:
+        if not self.connected:
+            raise FakeSendError("not connected")
+        return neonize_pb.ProfilePictureInfo(
+            URL=f"https://pps.whatsapp.net/v/fake/{jid.User}.jpg",
+            ID=jid.User,
+            Type="image",
+            DirectPath=f"/v/fake/{jid.User}.jpg",
+            Hash=b"",
+        )
+
     async def get_pn_from_lid(self, jid: Any) -> neonize_pb.JID:
         if not self.connected:
             raise FakeSendError("not connected")

@@ -89,6 +89,13 @@ class GroupInfo(_Msg):
     group: str
 
 
+class ProfilePicture(_Msg):
+    """Ask WhatsApp for the URL of someone's profile picture."""
+
+    command: Literal["profile_picture"] = "profile_picture"
+    jid: str
+
+
 class Logout(_Msg):
     command: Literal["logout"] = "logout"
 
@@ -108,7 +115,8 @@ Command = Annotated[
     | PairPhone
     | DownloadMedia
     | ResolveLid
-    | GroupInfo,
+    | GroupInfo
+    | ProfilePicture,
     Field(discriminator="command"),
 ]
 

@@ -66,6 +66,7 @@ class DriverClient(Protocol):
     async def download_any(self, message: Any) -> Any: ...
     async def get_pn_from_lid(self, jid: Any) -> Any: ...
     async def get_group_info(self, jid: Any) -> Any: ...
+    async def get_profile_picture(self, jid: Any) -> Any: ...
 
 
 ClientFactory = Callable[..., DriverClient]
@@ -440,6 +441,9 @@ class SessionRuntime:
                     for p in info.Participants
                 ],
             }
+        if isinstance(command, ipc.ProfilePicture):
+            picture = await client.get_profile_picture(parse_jid(command.jid))
+            return {"url": picture.URL or None}
         if isinstance(command, ipc.ResolveLid):
             found = await client.get_pn_from_lid(parse_jid(command.lid))
             return {"phone_jid": jid_str(found) or None}

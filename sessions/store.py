@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from db import contacts, conversations, messages
+from db import contacts, conversations, messages, pending_interactions
 from db.messages import NewMessage
 from sessions import events
 
@@ -53,6 +53,7 @@ class Changes:
     media: list[MediaRequest] = field(default_factory=list)
     unresolved_lids: set[str] = field(default_factory=set)
     new_groups: set[tuple[int, str]] = field(default_factory=set)
+    new_people: set[tuple[int, str]] = field(default_factory=set)
 
     def __bool__(self) -> bool:
         return bool(
@@ -137,7 +138,7 @@ async def store_message(
     if msg.type in INTERACTION_TYPES and msg.target_id:
         await _interaction(conn, session_id, msg, changes, options)
         return
-    await store_plain_messages(conn, session_id, [(msg, history)], changes)
+    await store_plain_messages(conn, session_id, [(msg, history)], changes, options)
 
 
 async def store_plain_messages(
@@ -145,6 +146,7 @@ async def store_plain_messages(
     session_id: int,
     batch: list[tuple[events.WaMessage, bool]],
     changes: Changes,
+    options: StoreOptions,
 ) -> None:
     """Store messages that are bubbles of their own, a whole batch in a few statements:
     one upsert of the conversations they touch, one insert of the messages, one update of
@@ -215,6 +217,13 @@ async def store_plain_messages(
             }
         )
     await conversations.unread_add_many(conn, unread)
+    for payload in await pending_interactions.take(conn, session_id, list(new)):
+        await _interaction(
+            conn, session_id, events.WaMessage.model_validate(payload), changes, options
+        )
+    for external_id in created:
+        if chat_kind(external_id) == "direct":
+            changes.new_people.add((ids[external_id], external_id))
     for msg, _history, _external in placed:
         if msg.media is not None and msg.type in MEDIA_TYPES and msg.id in new:
             changes.media.append(MediaRequest(new[msg.id], msg.id, msg.media, msg.raw))
@@ -293,7 +302,7 @@ async def _interaction(
             msg.timestamp,
         )
         if result is None:  # the poll is not here (yet): keep the vote as a message
-            await store_plain_messages(conn, session_id, [(msg, False)], changes)
+            await store_plain_messages(conn, session_id, [(msg, False)], changes, options)
             return
     elif msg.type == "edit":
         result = await messages.edit(conn, session_id, msg.target_id, msg.text or "", msg.timestamp)
@@ -304,6 +313,11 @@ async def _interaction(
     if result is not None:
         changes.updated.append({**result, "change": msg.type})
         changes.conversations.add(int(result["conversation_id"]))
+    elif msg.type in ("reaction", "edit", "revoke"):
+        # The target is not here yet: keep this until it lands.
+        await pending_interactions.park(
+            conn, session_id, msg.id, msg.target_id, msg.model_dump(mode="json")
+        )
 
 
 async def store_receipt(
@@ -356,7 +370,7 @@ async def store_events(
     run: list[tuple[events.WaMessage, bool]] = []
 
     async def flush() -> None:
-        await store_plain_messages(conn, session_id, run, changes)
+        await store_plain_messages(conn, session_id, run, changes, options)
         run.clear()
 
     for ev in evs:

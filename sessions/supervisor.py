@@ -30,6 +30,7 @@ from typing import Any, Literal
 import asyncpg
 import psutil
 
+from db import contacts as contacts_db
 from db import conversations as conversations_db
 from db import messages as messages_db
 from db import sessions as sessions_db
@@ -794,6 +795,16 @@ class SessionSupervisor:
                 sid, MediaRequest(row["id"], row["wa_message_id"], media, raw.get("message", {}))
             )
 
+    async def _fetch_photo(self, sid: int, conversation_id: int, person: str) -> None:
+        try:
+            found = await self.request(sid, ipc.ProfilePicture(jid=person), timeout=30)
+        except (SessionUnavailable, CommandFailed, TimeoutError) as exc:
+            log.info("session %s: no profile picture for %s (%s)", sid, person, exc)
+            return
+        if found.get("url"):
+            await contacts_db.set_photo(self.pool, sid, person, str(found["url"]))
+            await self.publish_conversation(sid, conversation_id)
+
     async def _fetch_group(self, sid: int, conversation_id: int, group: str) -> None:
         try:
             info = await self.request(sid, ipc.GroupInfo(group=group), timeout=30)
@@ -831,6 +842,8 @@ class SessionSupervisor:
     async def _publish_changes(self, sid: int, changes: Changes) -> None:
         for request in changes.media:
             self._fetch_media(sid, request)
+        for conversation_id, person in sorted(changes.new_people):
+            self._spawn(self._fetch_photo(sid, conversation_id, person), "profile picture")
         for conversation_id, group in sorted(changes.new_groups):
             self._spawn(self._fetch_group(sid, conversation_id, group), "group info")
         if changes.unresolved_lids and sid in self._session_worker:

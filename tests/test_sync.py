@@ -554,3 +554,41 @@ async def test_group_messages_land_in_the_group_with_its_name_and_participants(
     assert ALICE_JID in conversation["participants"]
     assert '"admin": true' in conversation["participants"]
     assert conversation["unread_count"] == 1
+
+
+async def test_a_reaction_that_arrives_before_its_message_waits_for_it(
+    settings: Settings, sid: int, db: Db
+) -> None:
+    send(settings, sid, type="reaction", target_id="3EB0LATECOMER0001", emoji="🎉")
+    send(settings, sid, type="edit", target_id="3EB0LATECOMER0001", text="edited early")
+    send(settings, sid, text="original", id="3EB0LATECOMER0001")
+
+    async def applied() -> dict[str, Any] | None:
+        row = await db.message(sid, "3EB0LATECOMER0001")
+        return row if "🎉" in row["interactions"] and row["edited_at"] else None
+
+    row = await wait_for(applied, what="the parked reaction and edit")
+    assert row["text_content"] == "edited early"
+    assert await db.count(sid) == 1
+    assert await db.rows("SELECT * FROM pending_interactions") == []
+
+
+async def test_contacts_get_their_profile_picture(settings: Settings, sid: int, db: Db) -> None:
+    wa_id = send(settings, sid, text="hello", push_name="Alice")
+    row = await db.message(sid, wa_id)
+
+    async def pictured() -> list[dict[str, Any]] | None:
+        rows = await db.rows(
+            "SELECT k.jid, k.phone, k.push_name, k.photo_url, c.contact_photo_url, c.contact_id, "
+            "k.id AS kid FROM contacts k JOIN conversations c ON c.contact_id = k.id "
+            "WHERE c.id = $1",
+            row["conversation_id"],
+        )
+        return rows if rows and rows[0]["photo_url"] else None
+
+    (contact,) = await wait_for(pictured, what="the profile picture")
+    assert contact["jid"] == ALICE_JID
+    assert contact["phone"] == "5215512345678"
+    assert contact["push_name"] == "Alice"
+    assert contact["photo_url"].endswith("5215512345678.jpg")
+    assert contact["contact_photo_url"] == contact["photo_url"]

@@ -139,3 +139,26 @@ def test_backoff_resets_after_a_stable_period() -> None:
     backoff.up()
     now[0] = 100.0  # a long one does
     assert backoff.next_delay() == 1
+
+
+def test_every_command_model_can_cross_the_ipc() -> None:
+    commands = [
+        cls
+        for cls in vars(ipc).values()
+        if isinstance(cls, type)
+        and issubclass(cls, ipc._Msg)
+        and "command" in cls.model_fields
+    ]
+    assert len(commands) >= 10
+    for cls in commands:
+        fields = {
+            name: "x" if field.annotation is str else 1
+            for name, field in cls.model_fields.items()
+            if field.is_required()
+        }
+        if cls is ipc.MarkRead:
+            fields["message_ids"] = ["a"]
+        if cls is ipc.DownloadMedia:
+            fields["message"] = {}
+        request = ipc.Request(request_id=1, session_id=1, command=cls(**fields))
+        assert ipc.Request.model_validate_json(request.model_dump_json()) == request
