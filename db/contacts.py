@@ -97,9 +97,13 @@ async def set_photo(conn: Executor, session_id: int, jid: str, url: str | None) 
 
 
 async def upsert_many(
-    conn: Executor, session_id: int, people: dict[str, tuple[str | None, str | None]]
+    conn: Executor,
+    session_id: int,
+    people: dict[str, tuple[str | None, str | None]],
+    link: list[str],
 ) -> None:
-    """Phone-keyed people seen in a batch: jid -> (phone, push name); linked to their chats."""
+    """Phone-keyed people seen in a batch: jid -> (phone, push name); the chats in `link`
+    (new ones) get their contact linked."""
     if not people:
         return
     jids = list(people)
@@ -110,4 +114,5 @@ async def upsert_many(
         [people[j][0] for j in jids],
         [people[j][1] for j in jids],
     )
-    await conn.execute(_LINK_MANY, session_id, jids)
+    if link:
+        await conn.execute(_LINK_MANY, session_id, link)

@@ -118,19 +118,21 @@ async def last_inbound(conn: Executor, conversation_id: int, limit: int) -> list
 _UPSERT_MANY = """
 INSERT INTO conversations (session_id, external_id, kind, contact_name, wa_user_id, lid,
                            started_at, last_message_at, unread_count)
-SELECT $1, e, k, n, w, l, t, t, 0
-FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[])
-     AS u(e, k, n, w, l, t)
+SELECT $1, e, k, n, w, l, t, t, u
+FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::timestamptz[],
+            $8::int[])
+     AS u(e, k, n, w, l, t, u)
 ON CONFLICT (session_id, external_id) DO UPDATE SET
     contact_name = coalesce(EXCLUDED.contact_name, conversations.contact_name),
     wa_user_id = coalesce(conversations.wa_user_id, EXCLUDED.wa_user_id),
     lid = coalesce(conversations.lid, EXCLUDED.lid),
     last_message_at = greatest(conversations.last_message_at, EXCLUDED.last_message_at),
+    unread_count = conversations.unread_count + EXCLUDED.unread_count,
     updated_at = now()
 RETURNING id, external_id, (xmax = 0) AS created
 """
 _UNREAD_ADD_MANY = """
-UPDATE conversations c SET unread_count = c.unread_count + u.n, updated_at = now()
+UPDATE conversations c SET unread_count = greatest(c.unread_count + u.n, 0), updated_at = now()
 FROM unnest($1::bigint[], $2::int[]) AS u(id, n)
 WHERE c.id = u.id
 """
@@ -146,6 +148,7 @@ class ChatTouch:
     wa_user_id: str | None
     lid: str | None
     last_message_at: datetime
+    unread_inc: int = 0
 
 
 async def upsert_many(
@@ -164,6 +167,7 @@ async def upsert_many(
         [c.wa_user_id for c in chats],
         [c.lid for c in chats],
         [c.last_message_at for c in chats],
+        [c.unread_inc for c in chats],
     )
     return (
         {r["external_id"]: int(r["id"]) for r in rows},

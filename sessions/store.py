@@ -11,6 +11,7 @@ as soon as a message, a history mapping or a lookup tells us the number.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -154,14 +155,20 @@ async def store_plain_messages(
     if not batch:
         return
     chats: dict[str, conversations.ChatTouch] = {}
+    unread: dict[str, int] = {}
     people: dict[str, tuple[str | None, str | None]] = {}
     placed: list[tuple[events.WaMessage, bool, str]] = []
+    seen: set[str] = set()
     for msg, history in batch:
         external_id, lid = canonical_chat(msg)
         kind = chat_kind(external_id)
         inbound = not msg.from_me
         if kind == "direct":
             await _resolve_person(conn, session_id, external_id, lid, changes)
+        if inbound and not history and msg.id not in seen:
+            # Counted here, in the upsert; taken back below for what was already stored.
+            unread[external_id] = unread.get(external_id, 0) + 1
+        seen.add(msg.id)
         known = chats.get(external_id)
         name = msg.push_name if (inbound and kind == "direct") else None
         if known is None or msg.timestamp >= known.last_message_at:
@@ -185,7 +192,11 @@ async def store_plain_messages(
                 )
             people[external_id] = (phone_of(external_id), msg.push_name)
         placed.append((msg, history, external_id))
-    ids, created = await conversations.upsert_many(conn, session_id, list(chats.values()))
+    touched = [
+        dataclasses.replace(chat, unread_inc=unread.get(chat.external_id, 0))
+        for chat in chats.values()
+    ]
+    ids, created = await conversations.upsert_many(conn, session_id, touched)
     for external_id in created:
         if chat_kind(external_id) == "group":
             changes.new_groups.add((ids[external_id], external_id))
@@ -194,14 +205,15 @@ async def store_plain_messages(
         if msg.id not in rows:
             rows[msg.id] = _row(session_id, ids[external_id], msg, history)
     new = await messages.insert_many(conn, session_id, list(rows.values()))
-    await contacts.upsert_many(conn, session_id, people)
-    unread: dict[int, int] = {}
+    await contacts.upsert_many(conn, session_id, people, link=created)
+    overcounted: dict[int, int] = {}
     for wa_id, row in rows.items():
         message_id = new.get(wa_id)
         if message_id is None:
-            continue  # already stored: a redelivery or a replay
-        if row.direction == "inbound" and not row.from_history:
-            unread[row.conversation_id] = unread.get(row.conversation_id, 0) + 1
+            # Already stored (a redelivery or a replay): not unread a second time.
+            if row.direction == "inbound" and not row.from_history:
+                overcounted[row.conversation_id] = overcounted.get(row.conversation_id, 0) - 1
+            continue
         changes.conversations.add(row.conversation_id)
         changes.new_messages.append(
             {
@@ -216,7 +228,7 @@ async def store_plain_messages(
                 "from_history": row.from_history,
             }
         )
-    await conversations.unread_add_many(conn, unread)
+    await conversations.unread_add_many(conn, overcounted)
     for payload in await pending_interactions.take(conn, session_id, list(new)):
         await _interaction(
             conn, session_id, events.WaMessage.model_validate(payload), changes, options
