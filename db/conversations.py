@@ -191,3 +191,119 @@ async def set_group(
 async def unread_add_many(conn: Executor, counts: dict[int, int]) -> None:
     if counts:
         await conn.execute(_UNREAD_ADD_MANY, list(counts), list(counts.values()))
+
+
+CONVERSATION_COLUMNS = (
+    "c.id, c.session_id, c.external_id, c.kind, c.contact_name, c.contact_photo_url, "
+    "c.wa_user_id, c.lid, c.started_at, c.last_message_at, c.unread_count, c.archived, c.labels, "
+    "c.ai_active, c.personality_id, c.no_ac_ai, c.jira_bridge, c.needs_human, c.participants, "
+    "c.contact_id, c.created_at, c.updated_at, s.owner_id"
+)
+_LAST_MESSAGE = """
+LEFT JOIN LATERAL (
+    SELECT m.id AS last_id, m.message_type AS last_type, m.text_content AS last_text,
+           m.direction AS last_direction, m.sent_at AS last_sent_at,
+           m.revoked_at IS NOT NULL AS last_revoked, m.status AS last_status
+    FROM messages m WHERE m.conversation_id = c.id
+    ORDER BY m.sent_at DESC, m.id DESC LIMIT 1
+) lm ON true
+"""
+_LIST = f"""
+SELECT {CONVERSATION_COLUMNS}, lm.*
+FROM conversations c
+JOIN sessions s ON s.id = c.session_id
+{_LAST_MESSAGE}
+WHERE ($1::bigint IS NULL OR s.owner_id = $1)
+  AND ($2::bigint IS NULL OR c.session_id = $2)
+  AND ($3::bool IS NULL OR (c.unread_count > 0) = $3)
+  AND ($4::bool IS NULL OR c.archived = $4)
+  AND ($5::text IS NULL OR $5 = ANY(c.labels))
+  AND ($6::timestamptz IS NULL
+       OR (coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz), c.id) < ($6, $7))
+ORDER BY coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz) DESC, c.id DESC
+LIMIT $8
+"""
+_GET = f"""
+SELECT {CONVERSATION_COLUMNS}, lm.*
+FROM conversations c
+JOIN sessions s ON s.id = c.session_id
+{_LAST_MESSAGE}
+WHERE c.id = $1
+"""
+_PATCH = """
+UPDATE conversations SET
+    ai_active = coalesce($2, ai_active),
+    jira_bridge = coalesce($3, jira_bridge),
+    archived = coalesce($4, archived),
+    personality_id = CASE WHEN $5 THEN $6 ELSE personality_id END,
+    labels = coalesce($7, labels),
+    no_ac_ai = coalesce($8, no_ac_ai),
+    updated_at = now()
+WHERE id = $1
+"""
+_BY_EXTERNAL_FOR = """
+SELECT c.id FROM conversations c JOIN sessions s ON s.id = c.session_id
+WHERE c.external_id = $1 AND ($2::bigint IS NULL OR s.owner_id = $2)
+ORDER BY c.last_message_at DESC NULLS LAST LIMIT 1
+"""
+
+
+async def page(
+    conn: Executor,
+    *,
+    owner_id: int | None,
+    session_id: int | None = None,
+    unread: bool | None = None,
+    archived: bool | None = None,
+    label: str | None = None,
+    after: tuple[datetime, int] | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]]:
+    """A page of conversations, most recent first (`owner_id` None: every owner's)."""
+    rows = await conn.fetch(
+        _LIST,
+        owner_id,
+        session_id,
+        unread,
+        archived,
+        label,
+        after[0] if after else None,
+        after[1] if after else None,
+        limit,
+    )
+    return [dict(r) for r in rows]
+
+
+async def get(conn: Executor, conversation_id: int) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_GET, conversation_id)
+    return dict(row) if row else None
+
+
+async def patch(
+    conn: Executor,
+    conversation_id: int,
+    *,
+    ai_active: bool | None = None,
+    jira_bridge: bool | None = None,
+    archived: bool | None = None,
+    personality_set: bool = False,
+    personality_id: int | None = None,
+    labels: list[str] | None = None,
+    no_ac_ai: bool | None = None,
+) -> None:
+    await conn.execute(
+        _PATCH,
+        conversation_id,
+        ai_active,
+        jira_bridge,
+        archived,
+        personality_set,
+        personality_id,
+        labels,
+        no_ac_ai,
+    )
+
+
+async def id_by_external_for(conn: Executor, external_id: str, owner_id: int | None) -> int | None:
+    value = await conn.fetchval(_BY_EXTERNAL_FOR, external_id, owner_id)
+    return int(value) if value is not None else None

@@ -229,3 +229,128 @@ async def insert_many(conn: Executor, session_id: int, rows: list[NewMessage]) -
     )
     found = await conn.fetch(_INSERT_MANY, session_id, *[list(c) for c in columns])
     return {r["wa_message_id"]: int(r["id"]) for r in found}
+
+
+MESSAGE_COLUMNS = (
+    "m.id, m.session_id, m.conversation_id, m.wa_message_id, m.direction, m.sender_type, "
+    "m.sender_jid, m.sender_name, m.message_type, m.text_content, m.media_sha256, m.media_mime, "
+    "m.media_size, m.media_filename, m.media_status, m.quoted_wa_message_id, m.interactions, "
+    "m.status, m.error, m.from_history, m.edited_at, m.revoked_at, m.sent_at, m.created_at, "
+    "m.raw"
+)
+_INSERT_OUTBOUND = """
+INSERT INTO messages (session_id, conversation_id, direction, sender_type, message_type,
+                      text_content, quoted_wa_message_id, status, idempotency_key, sent_by,
+                      sent_at)
+VALUES ($1, $2, 'outbound', $3, 'text', $4, $5, 'pending', $6, $7, now())
+ON CONFLICT (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id
+"""
+_BY_IDEMPOTENCY = "SELECT id FROM messages WHERE session_id = $1 AND idempotency_key = $2"
+_MARK_SENT = """
+UPDATE messages SET wa_message_id = $2, status = 'sent', sent_at = coalesce($3, sent_at),
+    error = NULL, updated_at = now()
+WHERE id = $1 AND status IN ('pending', 'failed')
+RETURNING id, conversation_id, wa_message_id, status
+"""
+_MARK_FAILED = """
+UPDATE messages SET status = 'failed', error = $2, updated_at = now()
+WHERE id = $1 AND status = 'pending'
+RETURNING id, conversation_id, wa_message_id, status
+"""
+_GET_SCOPED = f"""
+SELECT {MESSAGE_COLUMNS}, s.owner_id, c.external_id
+FROM messages m
+JOIN sessions s ON s.id = m.session_id
+JOIN conversations c ON c.id = m.conversation_id
+WHERE m.id = $1
+"""
+_PAGE = f"""
+SELECT {MESSAGE_COLUMNS} FROM messages m
+WHERE m.conversation_id = $1
+  AND ($2::timestamptz IS NULL OR (m.sent_at, m.id) < ($2, $3))
+ORDER BY m.sent_at DESC, m.id DESC
+LIMIT $4
+"""
+_PAGE_AFTER = f"""
+SELECT {MESSAGE_COLUMNS} FROM messages m
+WHERE m.conversation_id = $1 AND (m.sent_at, m.id) > ($2, $3)
+ORDER BY m.sent_at, m.id
+LIMIT $4
+"""
+_POSITION = "SELECT sent_at, id FROM messages WHERE id = $1 AND conversation_id = $2"
+
+
+async def insert_outbound(
+    conn: Executor,
+    *,
+    session_id: int,
+    conversation_id: int,
+    text: str,
+    quoted_wa_message_id: str | None,
+    idempotency_key: str | None,
+    sent_by: int | None,
+    sender_type: str = "agent",
+) -> tuple[int, bool]:
+    """A message we are about to send, `pending`: (its id, whether it is new). With an
+    idempotency key already used, the existing message's id and False."""
+    value = await conn.fetchval(
+        _INSERT_OUTBOUND,
+        session_id,
+        conversation_id,
+        sender_type,
+        text,
+        quoted_wa_message_id,
+        idempotency_key,
+        sent_by,
+    )
+    if value is not None:
+        return int(value), True
+    existing = await conn.fetchval(_BY_IDEMPOTENCY, session_id, idempotency_key)
+    return int(existing), False
+
+
+async def mark_sent(
+    conn: Executor, message_id: int, wa_message_id: str, sent_at: datetime | None
+) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_MARK_SENT, message_id, wa_message_id, sent_at)
+    return dict(row) if row else None
+
+
+async def mark_failed(conn: Executor, message_id: int, error: str) -> dict[str, Any] | None:
+    row = await conn.fetchrow(_MARK_FAILED, message_id, error)
+    return dict(row) if row else None
+
+
+async def get_scoped(conn: Executor, message_id: int) -> dict[str, Any] | None:
+    """A message with its owner's user id and its chat's external id."""
+    row = await conn.fetchrow(_GET_SCOPED, message_id)
+    return dict(row) if row else None
+
+
+async def page(
+    conn: Executor,
+    conversation_id: int,
+    *,
+    before: int | None = None,
+    after: int | None = None,
+    limit: int = 50,
+) -> list[dict[str, Any]] | None:
+    """Newest first before a message (or from the newest), oldest first after one. None when
+    the cursor message is not in this conversation."""
+    if after is not None:
+        anchor = await conn.fetchrow(_POSITION, after, conversation_id)
+        if anchor is None:
+            return None
+        rows = await conn.fetch(
+            _PAGE_AFTER, conversation_id, anchor["sent_at"], anchor["id"], limit
+        )
+        return [dict(r) for r in rows]
+    at, at_id = None, None
+    if before is not None:
+        anchor = await conn.fetchrow(_POSITION, before, conversation_id)
+        if anchor is None:
+            return None
+        at, at_id = anchor["sent_at"], anchor["id"]
+    rows = await conn.fetch(_PAGE, conversation_id, at, at_id, limit)
+    return [dict(r) for r in rows]

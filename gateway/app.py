@@ -23,8 +23,10 @@ from db.pool import create_pool
 from gateway import __version__
 from gateway.api import auth as auth_api
 from gateway.api import conversations as conversations_api
+from gateway.api import events as events_api
 from gateway.api import health as health_api
 from gateway.api import media as media_api
+from gateway.api import messages as messages_api
 from gateway.api import sessions as sessions_api
 from gateway.api import sim as sim_api
 from gateway.api import users as users_api
@@ -37,6 +39,7 @@ from gateway.keys import (
     DATABASE_URL,
     LOGIN_LIMITER,
     METRICS,
+    OUTBOX,
     PASSWORDS,
     POOL,
     READINESS,
@@ -48,7 +51,9 @@ from gateway.keys import (
 from gateway.logs import request_log_middleware
 from gateway.metrics import Metrics, SessionCollector, metrics_middleware
 from gateway.openapi import add_docs_routes, build_openapi
+from gateway.outbox import OutboxWorker
 from gateway.ratelimit import LoginLimiter
+from gateway.realtime import attach_realtime
 from gateway.routing import ApiRouter
 from gateway.security import PasswordService, TokenService
 from gateway.settings import Settings, max_body_bytes
@@ -64,6 +69,9 @@ ROUTERS: list[ApiRouter] = [
     sessions_api.compat,
     media_api.router,
     conversations_api.router,
+    conversations_api.compat,
+    messages_api.router,
+    events_api.router,
 ]
 FAKE_ROUTERS: list[ApiRouter] = [sim_api.router]
 
@@ -161,9 +169,15 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     app[READINESS].append(("supervisor", supervisor_ready))
     app[REGISTRY].register(SessionCollector(supervisor))
     await supervisor.start()
+    worker = OutboxWorker(
+        app[POOL], app[DATABASE_URL], supervisor, bus, keep_revoked=app[SETTINGS].keep_revoked
+    )
+    await worker.start()
+    app[OUTBOX] = worker
     try:
         yield
     finally:
+        await _bounded("outbox worker", 3.0, worker.stop())
         await _bounded("session supervisor", 9.0, supervisor.stop(timeout=6.0))
 
 
@@ -204,6 +218,7 @@ def create_app(
         app[DATABASE_URL] = url
     app.cleanup_ctx.append(_database(announce_admin))
     app.cleanup_ctx.append(_sessions)
+    attach_realtime(app)  # Socket.IO: starts after the bus, stops before it
 
     routers = routers_for(settings)
     for router in routers:

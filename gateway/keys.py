@@ -11,6 +11,7 @@ from prometheus_client import CollectorRegistry
 from db.users import User
 from gateway.bus import EventBus
 from gateway.metrics import Metrics
+from gateway.outbox import OutboxWorker
 from gateway.ratelimit import LoginLimiter
 from gateway.security import PasswordService, TokenService
 from gateway.settings import Settings
@@ -28,6 +29,7 @@ REGISTRY = web.AppKey("registry", CollectorRegistry)
 METRICS = web.AppKey("metrics", Metrics)
 BUS = web.AppKey("bus", EventBus)
 SUPERVISOR = web.AppKey("supervisor", SessionSupervisor)
+OUTBOX = web.AppKey("outbox", OutboxWorker)
 # (name, check): each check answers None when ready, or why not.
 READINESS = web.AppKey("readiness", list[ReadinessCheck])
 

@@ -504,7 +504,7 @@ class SessionRuntime:
     async def _send_text(self, client: DriverClient, command: ipc.SendText) -> dict[str, Any]:
         if command.reply_to:
             context = ContextInfo(
-                stanzaId=command.reply_to,
+                stanzaID=command.reply_to,
                 participant=command.reply_to_sender or command.to,
                 quotedMessage=Message(conversation=""),
             )

@@ -1,15 +1,22 @@
-"""`/api/v1/conversations`: reading a chat clears its unread count, here and on WhatsApp."""
+"""`/api/v1/conversations`: the inbox (keyset-paginated, owner-scoped), one chat, its messages,
+sending, and reading a chat (clears its unread count here and on WhatsApp)."""
 
 from __future__ import annotations
 
+from datetime import datetime
+
 import structlog
 from aiohttp import web
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
-from db import conversations
-from gateway.auth import current_user
-from gateway.errors import NotFound
+from db import conversations, messages
+from db.users import User
+from gateway.api.models import ConversationOut, MessageOut
+from gateway.auth import bearer_token, current_user, user_from_token
+from gateway.cursor import decode_cursor, encode_cursor
+from gateway.errors import ApiError, NotFound, Unauthorized
 from gateway.keys import POOL, SUPERVISOR
+from gateway.messaging import owned_conversation, send_text
 from gateway.routing import ApiRouter, path_int
 from sessions import ipc
 from sessions.supervisor import CommandFailed, SessionUnavailable
@@ -62,3 +69,282 @@ async def mark_read(request: web.Request) -> ReadResult:
             log.info("read receipt not sent", conversation_id=found["id"], reason=str(exc))
     await request.app[SUPERVISOR].publish_conversation(found["session_id"], found["id"])
     return ReadResult(conversation_id=found["id"], unread_count=0, receipt_sent=sent)
+
+
+class ConversationQuery(BaseModel):
+    session_id: int | None = None
+    unread: bool | None = None
+    archived: bool | None = Field(default=False, description="Default: only active chats")
+    label: str | None = Field(default=None, max_length=100)
+    cursor: str | None = Field(default=None, description="next_cursor of the previous page")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class ConversationPage(BaseModel):
+    items: list[ConversationOut]
+    next_cursor: str | None
+
+
+@router.get(
+    "/api/v1/conversations",
+    summary="The inbox: conversations, most recent first (keyset pagination)",
+    query=ConversationQuery,
+    response=ConversationPage,
+)
+async def list_conversations(request: web.Request, query: ConversationQuery) -> ConversationPage:
+    user = current_user(request)
+    after = decode_cursor(query.cursor) if query.cursor else None
+    rows = await conversations.page(
+        request.app[POOL],
+        owner_id=None if user.is_admin else user.id,
+        session_id=query.session_id,
+        unread=query.unread,
+        archived=query.archived,
+        label=query.label,
+        after=after,
+        limit=query.limit + 1,
+    )
+    more = len(rows) > query.limit
+    rows = rows[: query.limit]
+    next_cursor = None
+    if more and rows:
+        last = rows[-1]
+        next_cursor = encode_cursor(last["last_message_at"], last["id"])
+    return ConversationPage(
+        items=[ConversationOut.from_row(r) for r in rows], next_cursor=next_cursor
+    )
+
+
+@router.get(
+    "/api/v1/conversations/{conversation_id}",
+    summary="One conversation",
+    response=ConversationOut,
+    errors=(404,),
+)
+async def get_conversation(request: web.Request) -> ConversationOut:
+    found = await owned_conversation(
+        request.app, current_user(request), path_int(request, "conversation_id")
+    )
+    return ConversationOut.from_row(found)
+
+
+class ConversationPatch(BaseModel):
+    ai_active: bool | None = None
+    no_ac_ai: bool | None = None
+    jira_bridge: bool | None = None
+    archived: bool | None = None
+    personality_id: int | None = None
+    labels: list[str] | None = Field(default=None, max_length=50)
+
+
+@router.patch(
+    "/api/v1/conversations/{conversation_id}",
+    summary="Switch the AI responder or the Jira bridge, archive, label",
+    body=ConversationPatch,
+    response=ConversationOut,
+    errors=(404,),
+)
+async def patch_conversation(request: web.Request, body: ConversationPatch) -> ConversationOut:
+    user = current_user(request)
+    found = await owned_conversation(request.app, user, path_int(request, "conversation_id"))
+    labels = None
+    if body.labels is not None:
+        labels = sorted({label.strip() for label in body.labels if label.strip()})
+    await conversations.patch(
+        request.app[POOL],
+        found["id"],
+        ai_active=body.ai_active,
+        no_ac_ai=body.no_ac_ai,
+        jira_bridge=body.jira_bridge,
+        archived=body.archived,
+        personality_set="personality_id" in body.model_fields_set,
+        personality_id=body.personality_id,
+        labels=labels,
+    )
+    await request.app[SUPERVISOR].publish_conversation(found["session_id"], found["id"])
+    updated = await conversations.get(request.app[POOL], found["id"])
+    assert updated is not None
+    return ConversationOut.from_row(updated)
+
+
+class MessageQuery(BaseModel):
+    before: int | None = Field(default=None, description="Messages older than this message id")
+    after: int | None = Field(default=None, description="Messages newer than this message id")
+    limit: int = Field(default=50, ge=1, le=200)
+
+
+class MessagePage(BaseModel):
+    items: list[MessageOut] = Field(description="Oldest first")
+    before: int | None = Field(description="Pass as `before` for the previous (older) page")
+    after: int | None = Field(description="Pass as `after` for the next (newer) page")
+
+
+@router.get(
+    "/api/v1/conversations/{conversation_id}/messages",
+    summary="A conversation's messages (keyset pagination in both directions)",
+    query=MessageQuery,
+    response=MessagePage,
+    errors=(404,),
+)
+async def list_messages(request: web.Request, query: MessageQuery) -> MessagePage:
+    if query.before is not None and query.after is not None:
+        raise ApiError(400, "give `before` or `after`, not both", code="validation_error")
+    found = await owned_conversation(
+        request.app, current_user(request), path_int(request, "conversation_id")
+    )
+    rows = await messages.page(
+        request.app[POOL],
+        found["id"],
+        before=query.before,
+        after=query.after,
+        limit=query.limit,
+    )
+    if rows is None:
+        raise NotFound("cursor message in this conversation")
+    if query.after is None:
+        rows.reverse()  # the query walks newest first; pages read oldest first
+    items = [MessageOut.from_row(r) for r in rows]
+    return MessagePage(
+        items=items,
+        before=items[0].id if items else query.after,
+        after=items[-1].id if items else query.before,
+    )
+
+
+class SendRequest(BaseModel):
+    text: str = Field(min_length=1, max_length=65536)
+    reply_to: int | None = Field(default=None, description="Id of the message to quote")
+
+
+@router.post(
+    "/api/v1/conversations/{conversation_id}/messages",
+    summary="Send a text message (queued: 202 with the message `pending`)",
+    description="Honours `Idempotency-Key`: the same key returns the same message and sends "
+    "nothing twice. 409 when the account cannot send (logged out, banned, ...): nothing is "
+    "queued then.",
+    body=SendRequest,
+    response=MessageOut,
+    status=202,
+    errors=(404, 409),
+)
+async def send_message(request: web.Request, body: SendRequest) -> MessageOut:
+    key = request.headers.get("Idempotency-Key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise ApiError(400, "Idempotency-Key must be 1 to 200 characters", code="validation_error")
+    message, _new = await send_text(
+        request.app,
+        current_user(request),
+        path_int(request, "conversation_id"),
+        body.text,
+        reply_to=body.reply_to,
+        idempotency_key=key,
+    )
+    return MessageOut.from_row(message)
+
+
+# -- the former system's routes ---------------------------------------------------------------
+
+compat = ApiRouter("compatibility")
+
+
+class CompatConversation(BaseModel):
+    id: int
+    external_id: str
+    contact_name: str | None
+    contact_photo_url: str | None
+    started_at: datetime
+    unread_count: int
+
+
+class CompatConversations(BaseModel):
+    success: bool
+    conversations: list[CompatConversation]
+
+
+class CompatMessage(BaseModel):
+    id: int
+    sender_type: str
+    message_type: str
+    text_content: str | None
+    created_at: datetime
+
+
+class CompatMessages(BaseModel):
+    success: bool
+    messages: list[CompatMessage]
+
+
+class CompatMessagesQuery(BaseModel):
+    conversationId: str = Field(min_length=1, description="Our id or the chat JID")
+
+
+async def _compat_user(request: web.Request) -> User:
+    token = bearer_token(request) or request.query.get("token")
+    if not token:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    return await user_from_token(request, token)
+
+
+@compat.get(
+    "/api/whatsapp/get_conversations",
+    summary="The current system's conversation list (all of the caller's chats)",
+    response=CompatConversations,
+    auth="public",
+    errors=(401,),
+)
+async def compat_conversations(request: web.Request) -> CompatConversations:
+    user = await _compat_user(request)
+    rows = await conversations.page(
+        request.app[POOL], owner_id=None if user.is_admin else user.id, limit=1000
+    )
+    return CompatConversations(
+        success=True,
+        conversations=[
+            CompatConversation(
+                id=r["id"],
+                external_id=r["external_id"],
+                contact_name=r["contact_name"],
+                contact_photo_url=r["contact_photo_url"],
+                started_at=r["started_at"],
+                unread_count=r["unread_count"],
+            )
+            for r in rows
+        ],
+    )
+
+
+@compat.get(
+    "/api/whatsapp/get_messages",
+    summary="The current system's message list of one conversation (oldest first)",
+    query=CompatMessagesQuery,
+    response=CompatMessages,
+    auth="public",
+    errors=(401, 404),
+)
+async def compat_messages(request: web.Request, query: CompatMessagesQuery) -> CompatMessages:
+    user = await _compat_user(request)
+    wanted = query.conversationId
+    if wanted.isdigit() and len(wanted) < 18:
+        conversation_id: int | None = int(wanted)
+    else:
+        conversation_id = await conversations.id_by_external_for(
+            request.app[POOL], wanted, None if user.is_admin else user.id
+        )
+    if conversation_id is None:
+        raise NotFound("conversation")
+    found = await owned_conversation(request.app, user, conversation_id)
+    rows = await messages.page(request.app[POOL], found["id"], limit=1000) or []
+    rows.reverse()
+    return CompatMessages(
+        success=True,
+        messages=[
+            CompatMessage(
+                id=r["id"],
+                sender_type=r["sender_type"],
+                message_type=r["message_type"],
+                text_content=r["text_content"],
+                created_at=r["sent_at"],
+            )
+            for r in rows
+        ],
+    )

@@ -1,0 +1,111 @@
+"""The `outbox` table: work that leaves the process, done exactly once.
+
+Written in the same transaction as its cause; taken by one worker at a time with
+`FOR UPDATE SKIP LOCKED` and a lease (`locked_until`), so a crashed taker's items come back;
+retried with backoff; marked done once.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+if TYPE_CHECKING:
+    from db import Executor
+
+CHANNEL = "wagate_outbox"
+
+_ENQUEUE = """
+INSERT INTO outbox (kind, session_id, payload, dedupe_key)
+VALUES ($1, $2, $3::text::jsonb, $4)
+ON CONFLICT (dedupe_key) DO NOTHING
+RETURNING id
+"""
+_NOTIFY = "SELECT pg_notify($1, $2)"
+_CLAIM = """
+UPDATE outbox SET state = 'running', attempts = attempts + 1,
+    locked_until = now() + make_interval(secs => $3), updated_at = now()
+WHERE id IN (
+    SELECT id FROM outbox
+    WHERE kind = ANY($1::text[])
+      AND ((state = 'pending' AND next_attempt_at <= now())
+           OR (state = 'running' AND locked_until < now()))
+    ORDER BY id
+    LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING id, kind, session_id, payload::text AS payload, attempts
+"""
+_DONE = """
+UPDATE outbox SET state = 'done', done_at = now(), last_error = NULL, locked_until = NULL,
+    updated_at = now()
+WHERE id = $1 AND state = 'running'
+"""
+_RETRY = """
+UPDATE outbox SET state = 'pending', next_attempt_at = $3, last_error = $2, locked_until = NULL,
+    updated_at = now()
+WHERE id = $1 AND state = 'running'
+"""
+_FAIL = """
+UPDATE outbox SET state = 'failed', last_error = $2, locked_until = NULL, updated_at = now()
+WHERE id = $1 AND state = 'running'
+"""
+_DEPTH = """
+SELECT kind, count(*) AS depth, extract(epoch FROM now() - min(created_at)) AS oldest
+FROM outbox WHERE state IN ('pending', 'running') GROUP BY kind
+"""
+
+
+@dataclass(frozen=True)
+class OutboxItem:
+    id: int
+    kind: str
+    session_id: int | None
+    payload: dict[str, Any]
+    attempts: int
+
+
+async def enqueue(
+    conn: Executor,
+    kind: str,
+    payload: dict[str, Any],
+    *,
+    session_id: int | None = None,
+    dedupe_key: str | None = None,
+) -> int | None:
+    """Queue one item (call inside the transaction of its cause); None when the dedupe key was
+    already used. Wakes the outbox workers when the transaction commits."""
+    value = await conn.fetchval(_ENQUEUE, kind, session_id, json.dumps(payload), dedupe_key)
+    if value is not None:
+        await conn.execute(_NOTIFY, CHANNEL, kind)
+    return int(value) if value is not None else None
+
+
+async def claim(
+    conn: Executor, kinds: list[str], limit: int, lease_seconds: float
+) -> list[OutboxItem]:
+    rows: list[asyncpg.Record] = await conn.fetch(_CLAIM, kinds, limit, lease_seconds)
+    return [
+        OutboxItem(r["id"], r["kind"], r["session_id"], json.loads(r["payload"]), r["attempts"])
+        for r in rows
+    ]
+
+
+async def done(conn: Executor, item_id: int) -> None:
+    await conn.execute(_DONE, item_id)
+
+
+async def retry(conn: Executor, item_id: int, error: str, at: datetime) -> None:
+    await conn.execute(_RETRY, item_id, error, at)
+
+
+async def fail(conn: Executor, item_id: int, error: str) -> None:
+    await conn.execute(_FAIL, item_id, error)
+
+
+async def depth(conn: Executor) -> list[dict[str, Any]]:
+    return [dict(r) for r in await conn.fetch(_DEPTH)]

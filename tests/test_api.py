@@ -1,0 +1,379 @@
+"""The REST API over conversations and messages, as a client program uses it."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+import pytest
+
+from gateway.app import FAKE_ROUTERS, ROUTERS
+from gateway.settings import Settings
+from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, bearer, login
+from tests.sessions_helpers import Client, fast_settings, link, phone, text, wait_for
+
+pytestmark = pytest.mark.timeout(120)
+
+ALICE = "+5215512345678"
+
+
+@pytest.fixture
+def settings(tmp_path: Path, db_url: str) -> Settings:
+    return fast_settings(tmp_path, db_url)
+
+
+@pytest.fixture
+async def token(client: Client) -> str:
+    return await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+
+
+@pytest.fixture
+async def sid(client: Client, token: str, settings: Settings) -> int:
+    return await link(client, token, settings)
+
+
+async def get(client: Client, token: str, path: str, status: int = 200) -> Any:
+    resp = await client.get(path, headers=bearer(token))
+    assert resp.status == status, await resp.text()
+    return await resp.json()
+
+
+async def inbox(client: Client, token: str, n: int, **params: Any) -> list[dict[str, Any]]:
+    async def enough() -> list[dict[str, Any]] | None:
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        items = (await get(client, token, f"/api/v1/conversations?{query}"))["items"]
+        return items if len(items) >= n else None
+
+    return list(await wait_for(enough, what=f"{n} conversations"))
+
+
+async def one_chat(client: Client, token: str, settings: Settings, sid: int) -> dict[str, Any]:
+    phone(settings, sid).send(text(ALICE, "hola", push_name="Alice"))
+    return (await inbox(client, token, 1))[0]
+
+
+# -- reading --------------------------------------------------------------------------------
+
+
+async def test_inbox_lists_chats_with_preview_and_pages_stably(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    p = phone(settings, sid)
+    for i in range(12):
+        p.send(text(f"+52155000000{i:02d}", f"message {i}", push_name=f"Customer {i}"))
+        await asyncio.sleep(0.01)
+    await inbox(client, token, 12)
+    first = await get(client, token, "/api/v1/conversations?limit=5")
+    assert len(first["items"]) == 5
+    top = first["items"][0]
+    assert top["contact_name"] == "Customer 11"
+    assert top["last_message"]["text_preview"] == "message 11"
+    assert top["unread_count"] == 1
+    assert top["ai_active"] is False
+    assert top["jira_bridge"] is False
+    assert "ticket_key" in top
+    # New messages arrive between pages: the next page neither repeats nor skips anything.
+    p.send(text("+5215500000003", "bump", push_name="Customer 3"))
+    p.send(text("+5215599999999", "brand new"))
+    await inbox(client, token, 13)
+    seen = [c["contact_name"] for c in first["items"]]
+    cursor = first["next_cursor"]
+    while cursor:
+        page = await get(client, token, f"/api/v1/conversations?limit=5&cursor={cursor}")
+        seen += [c["contact_name"] for c in page["items"]]
+        cursor = page["next_cursor"]
+    # Customer 3 moved above the cursor (its update arrives as an event, not on a later page);
+    # everything else is there exactly once, in order.
+    assert seen == [f"Customer {i}" for i in (11, 10, 9, 8, 7, 6, 5, 4, 2, 1, 0)]
+
+
+async def test_filters(client: Client, token: str, settings: Settings, sid: int) -> None:
+    chat = await one_chat(client, token, settings, sid)
+    phone(settings, sid).send(text("+5215587654321", "other"))
+    await inbox(client, token, 2)
+    resp = await client.patch(
+        f"/api/v1/conversations/{chat['id']}",
+        json={"archived": True, "labels": ["vip", " vip ", "billing"], "ai_active": True},
+        headers=bearer(token),
+    )
+    assert resp.status == 200
+    patched = await resp.json()
+    assert patched["labels"] == ["billing", "vip"]
+    assert patched["ai_active"] is True
+    active = await get(client, token, "/api/v1/conversations")
+    assert [c["id"] for c in active["items"]] != [chat["id"]]
+    archived = await get(client, token, "/api/v1/conversations?archived=true")
+    assert [c["id"] for c in archived["items"]] == [chat["id"]]
+    labelled = await get(client, token, "/api/v1/conversations?archived=true&label=vip")
+    assert [c["id"] for c in labelled["items"]] == [chat["id"]]
+    assert (await get(client, token, "/api/v1/conversations?label=none"))["items"] == []
+    unread = await get(client, token, f"/api/v1/conversations?unread=true&session_id={sid}")
+    assert len(unread["items"]) == 1
+    bad = await client.get("/api/v1/conversations?limit=500", headers=bearer(token))
+    assert bad.status == 400
+    bad = await client.get("/api/v1/conversations?cursor=%%%", headers=bearer(token))
+    assert bad.status == 400
+
+
+async def test_messages_page_in_both_directions(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    p = phone(settings, sid)
+    p.send(*[text(ALICE, f"m{i}", ts=1_700_000_000_000 + i * 1000) for i in range(30)])
+    chat = (await inbox(client, token, 1))[0]
+    url = f"/api/v1/conversations/{chat['id']}/messages"
+
+    async def all_there() -> bool:
+        return len((await get(client, token, f"{url}?limit=200"))["items"]) == 30
+
+    await wait_for(all_there, what="30 messages")
+    newest = await get(client, token, f"{url}?limit=10")
+    assert [m["text_content"] for m in newest["items"]] == [f"m{i}" for i in range(20, 30)]
+    older = await get(client, token, f"{url}?limit=10&before={newest['before']}")
+    assert [m["text_content"] for m in older["items"]] == [f"m{i}" for i in range(10, 20)]
+    newer = await get(client, token, f"{url}?limit=5&after={older['after']}")
+    assert [m["text_content"] for m in newer["items"]] == [f"m{i}" for i in range(20, 25)]
+    assert (await client.get(f"{url}?before=999999", headers=bearer(token))).status == 404
+
+
+# -- writing --------------------------------------------------------------------------------
+
+
+async def test_send_is_queued_then_sent_and_idempotent(
+    client: Client, token: str, settings: Settings, sid: int, db_url: str
+) -> None:
+    chat = await one_chat(client, token, settings, sid)
+    url = f"/api/v1/conversations/{chat['id']}/messages"
+    headers = {**bearer(token), "Idempotency-Key": "order-42-confirmation"}
+    first = await client.post(url, json={"text": "Your order shipped"}, headers=headers)
+    assert first.status == 202
+    message = await first.json()
+    assert message["status"] == "pending"
+    assert message["sender_type"] == "agent"
+    again = await client.post(url, json={"text": "Your order shipped"}, headers=headers)
+    assert again.status == 202
+    assert (await again.json())["id"] == message["id"]
+
+    async def sent() -> dict[str, Any] | None:
+        page = await get(client, token, url)
+        mine = [m for m in page["items"] if m["id"] == message["id"]]
+        return mine[0] if mine and mine[0]["status"] == "sent" else None
+
+    done = await wait_for(sent, what="the send")
+    assert done["wa_message_id"].startswith("3EB0")
+    delivered = [s for s in phone(settings, sid).sent() if "message" in s]
+    assert len(delivered) == 1
+    assert delivered[0]["to"] == "5215512345678@s.whatsapp.net"
+    assert delivered[0]["message"]["conversation"] == "Your order shipped"
+    # A receipt from the phone moves it on.
+    from sessions.fake_server import SimReceipt
+
+    phone(settings, sid).receipt(
+        SimReceipt.model_validate({"ids": [done["wa_message_id"]], "status": "read"})
+    )
+
+    async def read() -> bool:
+        page = await get(client, token, url)
+        return any(m["id"] == message["id"] and m["status"] == "read" for m in page["items"])
+
+    await wait_for(read, what="the read receipt")
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM outbox WHERE state = 'done'") == 1
+    finally:
+        await conn.close()
+
+
+async def test_reply_react_edit_and_delete(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    chat = await one_chat(client, token, settings, sid)
+    url = f"/api/v1/conversations/{chat['id']}/messages"
+    incoming = (await get(client, token, url))["items"][0]
+    resp = await client.post(
+        url, json={"text": "replying", "reply_to": incoming["id"]}, headers=bearer(token)
+    )
+    assert resp.status == 202
+    reply = await resp.json()
+    assert reply["quoted_wa_message_id"] == incoming["wa_message_id"]
+
+    async def sent() -> bool:
+        page = await get(client, token, url)
+        return any(m["id"] == reply["id"] and m["status"] == "sent" for m in page["items"])
+
+    await wait_for(sent, what="the reply")
+    react = await client.post(
+        f"/api/v1/messages/{incoming['id']}/reactions",
+        json={"emoji": "❤️"},
+        headers=bearer(token),
+    )
+    assert react.status == 202
+    edit = await client.patch(
+        f"/api/v1/messages/{reply['id']}",
+        json={"text": "replying (fixed)"},
+        headers=bearer(token),
+    )
+    assert edit.status == 202
+    refused = await client.patch(
+        f"/api/v1/messages/{incoming['id']}", json={"text": "not mine"}, headers=bearer(token)
+    )
+    assert refused.status == 409
+    delete = await client.delete(f"/api/v1/messages/{reply['id']}", headers=bearer(token))
+    assert delete.status == 202
+
+    async def applied() -> bool:
+        page = {m["id"]: m for m in (await get(client, token, url))["items"]}
+        return (
+            page[incoming["id"]]["reactions"].get("me") == "❤️"
+            and page[reply["id"]]["edited"]
+            and page[reply["id"]]["deleted"]
+        )
+
+    await wait_for(applied, what="reaction, edit and delete")
+    kinds = [s["message"] for s in phone(settings, sid).sent() if "message" in s]
+    assert any("reactionMessage" in k for k in kinds)
+    assert any("editedMessage" in k for k in kinds)
+    assert any("protocolMessage" in k for k in kinds)
+    assert "extendedTextMessage" in kinds[0]  # the reply quotes
+
+
+async def test_sending_through_a_logged_out_account_is_409_and_queues_nothing(
+    client: Client, token: str, settings: Settings, sid: int, db_url: str
+) -> None:
+    chat = await one_chat(client, token, settings, sid)
+    phone(settings, sid).control("logout")
+
+    async def logged_out() -> bool:
+        body = await get(client, token, f"/api/v1/sessions/{sid}")
+        return body["state"] == "logged_out"
+
+    await wait_for(logged_out, what="logged out")
+    resp = await client.post(
+        f"/api/v1/conversations/{chat['id']}/messages",
+        json={"text": "hello?"},
+        headers=bearer(token),
+    )
+    assert resp.status == 409
+    error = (await resp.json())["error"]
+    assert error["code"] == "session_unavailable"
+    assert "logged out" in error["message"]
+    conn = await asyncpg.connect(db_url)
+    try:
+        assert await conn.fetchval("SELECT count(*) FROM outbox") == 0
+        assert await conn.fetchval("SELECT count(*) FROM messages WHERE direction='outbound'") == 0
+    finally:
+        await conn.close()
+
+
+async def test_events_catch_up_in_order(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    start = (await get(client, token, "/api/v1/events?limit=1000"))["last_seq"]
+    phone(settings, sid).send(text(ALICE, "one"), text(ALICE, "two"))
+
+    async def caught_up() -> list[dict[str, Any]] | None:
+        page = await get(client, token, f"/api/v1/events?after={start}")
+        new = [e for e in page["items"] if e["event"] == "message-new"]
+        return page["items"] if len(new) == 2 else None
+
+    items = await wait_for(caught_up, what="two message events")
+    seqs = [e["seq"] for e in items]
+    assert seqs == sorted(seqs)
+    assert seqs == list(range(start + 1, start + 1 + len(seqs)))
+    texts = [e["data"]["text_content"] for e in items if e["event"] == "message-new"]
+    assert texts == ["one", "two"]
+    tail = await get(client, token, f"/api/v1/events?after={seqs[-1]}")
+    assert all(e["seq"] > seqs[-1] for e in tail["items"])
+
+
+async def test_compatibility_routes_keep_their_shapes(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    chat = await one_chat(client, token, settings, sid)
+    body = await get(client, token, "/api/whatsapp/get_conversations")
+    assert body["success"] is True
+    (item,) = body["conversations"]
+    assert set(item) == {
+        "id",
+        "external_id",
+        "contact_name",
+        "contact_photo_url",
+        "started_at",
+        "unread_count",
+    }
+    assert item["external_id"] == "5215512345678@s.whatsapp.net"
+    for ref in (chat["id"], "5215512345678@s.whatsapp.net"):
+        msgs = await get(client, token, f"/api/whatsapp/get_messages?conversationId={ref}")
+        assert msgs["success"] is True
+        assert [set(m) for m in msgs["messages"]] == [
+            {"id", "sender_type", "message_type", "text_content", "created_at"}
+        ]
+        assert msgs["messages"][0]["text_content"] == "hola"
+    assert (await client.get("/api/whatsapp/get_conversations")).status == 401
+
+
+# -- tenancy: every route, another operator's ids ---------------------------------------------
+
+
+def _routes_with_ids() -> list[tuple[str, str]]:
+    found = []
+    for router in [*ROUTERS, *FAKE_ROUTERS]:
+        for spec in router.specs:
+            if spec.path_params and spec.path.startswith("/api/v1/") and spec.auth != "admin":
+                found.append((spec.method, spec.path))
+    return found
+
+
+async def test_no_route_shows_or_touches_another_operators_things(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    chat = await one_chat(client, token, settings, sid)
+    message = (await get(client, token, f"/api/v1/conversations/{chat['id']}/messages"))["items"][0]
+    ids = {"session_id": sid, "conversation_id": chat["id"], "message_id": message["id"]}
+    await client.post(
+        "/api/v1/users",
+        json={"email": "intruder@example.com", "password": "password-123"},
+        headers=bearer(token),
+    )
+    intruder = await login(client, "intruder@example.com", "password-123")
+    bodies: dict[str, Any] = {
+        "pair-phone": {"phone": "+5215512345678"},
+        "pair-code": {"code": "ABCD-EFGH"},
+        "messages": {"text": "x"},
+        "reactions": {"emoji": "x"},
+        "receipts": {"ids": ["x"]},
+        "history": {},
+        "control": {"action": "disconnect"},
+        "scan": {},
+    }
+
+    def body_for(method: str, path: str) -> Any:
+        if path.startswith("/api/v1/sim/") and path.endswith("/messages"):
+            return {"messages": [{"type": "text", "from": "+5215500000000", "text": "x"}]}
+        if method == "PATCH":
+            return {"text": "x"} if "/messages/" in path else {"archived": True}
+        return bodies.get(path.rsplit("/", 1)[-1]) if method == "POST" else None
+
+    routes = _routes_with_ids()
+    assert len(routes) >= 20
+    for method, path in routes:
+        url = re.sub(r"\{(\w+)\}", lambda m: str(ids[m.group(1)]), path)
+        resp = await client.request(
+            method, url, json=body_for(method, path), headers=bearer(intruder)
+        )
+        assert resp.status == 404, (method, path, resp.status, await resp.text())
+        assert (await resp.json())["error"]["code"] == "not_found"
+    # Lists show nothing of the owner's.
+    assert (await get(client, intruder, "/api/v1/conversations"))["items"] == []
+    assert (await get(client, intruder, "/api/v1/sessions"))["items"] == []
+    events = (await get(client, intruder, "/api/v1/events"))["items"]
+    assert events == []
+    compat = await get(client, intruder, "/api/whatsapp/get_conversations")
+    assert compat["conversations"] == []
+    # And nothing changed for the owner.
+    after = await get(client, token, f"/api/v1/conversations/{chat['id']}")
+    assert after["archived"] is False
+    assert (await get(client, token, f"/api/v1/sessions/{sid}"))["state"] == "connected"
