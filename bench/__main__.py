@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import shlex
+import subprocess
 import sys
 import time
 from datetime import UTC, datetime
@@ -23,8 +24,9 @@ from pathlib import Path
 
 from bench import machine
 
-BENCHMARKS = ("session_memory",)
-RESULTS_DIR = Path(__file__).resolve().parent / "results"
+BENCHMARKS = ("session_memory", "history_import", "live_ingest")
+REPO = Path(__file__).resolve().parent.parent
+RESULTS_DIR = REPO / "bench" / "results"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -48,6 +50,20 @@ def _shown(path: str) -> str:
     """The interpreter as the user typed it: relative to the current directory when inside it."""
     relative = os.path.relpath(path)
     return path if relative.startswith("..") else relative
+
+
+def _git() -> dict[str, object]:
+    """The commit the numbers belong to, and whether the work tree differed from it."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        status = subprocess.run(
+            ["git", "status", "--porcelain"], cwd=REPO, capture_output=True, text=True, check=True
+        ).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return {}
+    return {"commit": commit, "dirty": bool(status.strip())}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -77,6 +93,7 @@ def main(argv: list[str] | None = None) -> int:
             "command": command,
             "quick": args.quick,
             "machine": machine.describe(),
+            "git": _git(),
             "result": result,
         }
         suffix = ".quick.json" if args.quick else ".json"

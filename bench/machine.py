@@ -48,4 +48,6 @@ def describe() -> dict[str, Any]:
         "python": sys.version.split()[0],
         "neonize": _version("neonize"),
         "psutil": _version("psutil"),
+        # Without cached bytecode every worker compiles wagate's own modules when it starts.
+        "pythondontwritebytecode": bool(os.environ.get("PYTHONDONTWRITEBYTECODE")),
     }

@@ -64,7 +64,7 @@ class SessionIngest:
         options: StoreOptions,
         ack: Callable[[int], None],
         publish: Callable[[Changes], Awaitable[None]],
-        history_progress: Callable[[events.HistoryChunk], Awaitable[None]],
+        history_progress: Callable[[events.HistoryChunk, Changes], Awaitable[None]],
     ) -> None:
         self.session_id = session_id
         self._pool = pool
@@ -135,4 +135,4 @@ class SessionIngest:
             for frame in batch:
                 for ev in frame.events:
                     if isinstance(ev, events.HistoryChunk):
-                        await self._history_progress(ev)
+                        await self._history_progress(ev, changes)

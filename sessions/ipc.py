@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 from sessions.events import DriverEvent
 
 PROTOCOL_VERSION = 1
+# A worker that ends itself with this exit code asks to be replaced by a fresh process.
+RECYCLE_EXIT_CODE = 75
 MAX_FRAME = 64 * 1024 * 1024  # a history-sync chunk can be large
 _HEADER = struct.Struct(">I")
 

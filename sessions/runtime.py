@@ -130,6 +130,7 @@ class SessionRuntime:
         backoff: Backoff,
         qr_timing: QrTiming,
         media: MediaStore,
+        on_connect_failure: Callable[[], None] | None = None,
     ) -> None:
         self.session_id = session_id
         self.key = f"wagate-{session_id}"
@@ -141,6 +142,7 @@ class SessionRuntime:
         self._backoff = backoff
         self._qr_timing = qr_timing
         self.media = media
+        self._on_connect_failure = on_connect_failure
         self._loop = asyncio.get_running_loop()
         self._client: DriverClient | None = None
         self._task: asyncio.Task[None] | None = None
@@ -276,6 +278,8 @@ class SessionRuntime:
                 delay = self._backoff.next_delay()
                 self.log.info("connect failed (%s); retrying in %.1fs", reason, delay)
                 self._status("reconnecting", reason, retry_in=delay)
+                if self._on_connect_failure is not None:
+                    self._on_connect_failure()
                 await self._sleep(delay)
                 continue
             # The client's task ended without an error: it was stopped (by us or an event

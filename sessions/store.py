@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from db import contacts, conversations, messages, pending_interactions
+from db import history as history_db
 from db.messages import NewMessage
 from sessions import events
 
@@ -55,6 +56,8 @@ class Changes:
     unresolved_lids: set[str] = field(default_factory=set)
     new_groups: set[tuple[int, str]] = field(default_factory=set)
     new_people: set[tuple[int, str]] = field(default_factory=set)
+    history_imported: int = 0
+    history_skipped: int = 0
 
     def __bool__(self) -> bool:
         return bool(
@@ -370,6 +373,76 @@ async def store_contact(
     )
 
 
+async def store_history_chunk(
+    conn: Conn,
+    session_id: int,
+    chunk: events.HistoryChunk,
+    changes: Changes,
+    options: StoreOptions,
+) -> None:
+    """One history-sync chunk: COPY into staging and one insert (db.history), then the
+    reactions, edits and revokes it carries, which now find their targets."""
+    chats: list[history_db.HistoryConversationRow] = []
+    rows: list[history_db.HistoryMessageRow] = []
+    interactions: list[events.WaMessage] = []
+    for conv in chunk.conversations:
+        external_id, lid = canonical(conv.chat, conv.chat_alt)
+        kind = chat_kind(external_id)
+        if kind == "direct":
+            await _resolve_person(conn, session_id, external_id, lid, changes)
+        newest = max((m.timestamp for m in conv.messages), default=None)
+        chats.append(
+            history_db.HistoryConversationRow(
+                external_id=external_id,
+                lid=lid if lid != external_id or is_lid(external_id) else None,
+                kind=kind,
+                contact_name=conv.name,
+                wa_user_id=phone_of(external_id),
+                unread_count=conv.unread_count,
+                last_message_at=newest,
+            )
+        )
+        for msg in conv.messages:
+            if msg.type in INTERACTION_TYPES and msg.target_id:
+                interactions.append(msg)
+                continue
+            row = _row(session_id, 0, msg, True)
+            rows.append(
+                history_db.HistoryMessageRow(
+                    external_id=external_id,
+                    wa_message_id=msg.id,
+                    direction=row.direction,
+                    sender_type=row.sender_type,
+                    sender_jid=row.sender_jid,
+                    sender_name=row.sender_name,
+                    message_type=row.message_type,
+                    text_content=row.text_content,
+                    media_sha256=row.media_sha256,
+                    media_mime=row.media_mime,
+                    media_size=row.media_size,
+                    media_filename=row.media_filename,
+                    media_status=row.media_status,
+                    quoted_wa_message_id=row.quoted_wa_message_id,
+                    raw=row.raw,
+                    status=row.status,
+                    sent_at=row.sent_at,
+                )
+            )
+    result = await history_db.import_history(conn, session_id, chats, rows)
+    changes.history_imported += result.inserted
+    changes.history_skipped += result.skipped
+    if result.inserted:
+        changes.conversations.update(result.conversations.values())
+    for payload in await pending_interactions.take(
+        conn, session_id, [r.wa_message_id for r in rows]
+    ):
+        await _interaction(
+            conn, session_id, events.WaMessage.model_validate(payload), changes, options
+        )
+    for msg in interactions:
+        await _interaction(conn, session_id, msg, changes, options)
+
+
 async def store_events(
     conn: Conn,
     session_id: int,
@@ -395,13 +468,8 @@ async def store_events(
                 run.append((msg, False))
             continue
         if isinstance(ev, events.HistoryChunk):
-            for conv in ev.conversations:
-                for message in conv.messages:
-                    if message.type in INTERACTION_TYPES and message.target_id:
-                        await flush()
-                        await _interaction(conn, session_id, message, changes, options)
-                    else:
-                        run.append((message, True))
+            await flush()
+            await store_history_chunk(conn, session_id, ev, changes, options)
             continue
         await flush()
         if isinstance(ev, events.Receipt):

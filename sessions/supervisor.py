@@ -74,6 +74,7 @@ class SupervisorConfig:
     media_dir: Path | None = None
     media_max_bytes: int = 100 * 1024 * 1024
     media_retry_base: float = 1.0
+    recycle_after: int = 20  # failed connects before a neonize worker is replaced
 
 
 @dataclass
@@ -293,6 +294,7 @@ class SessionSupervisor:
             "log_level": self.config.log_level,
             "media_dir": str(self.config.media_dir) if self.config.media_dir else None,
             "media_max_bytes": self.config.media_max_bytes,
+            "recycle_after": self.config.recycle_after,
         }
         import json
 
@@ -387,7 +389,11 @@ class SessionSupervisor:
         if time.monotonic() - worker.started_at >= worker.backoff.reset_after:
             worker.backoff.reset()
         delay = worker.backoff.next_delay()
-        reason = f"worker process ended (exit {code})"
+        reason = (
+            "worker recycled after repeated connect failures"
+            if code == ipc.RECYCLE_EXIT_CODE
+            else f"worker process ended (exit {code})"
+        )
         log.warning("worker %s: %s; restarting in %.1fs", worker.id, reason, delay)
         resume = sorted(worker.sessions)
         next_at = datetime.now(UTC) + timedelta(seconds=delay)
@@ -410,6 +416,7 @@ class SessionSupervisor:
                 log.error("worker %s speaks protocol %s", worker.id, message.version)
                 self._kill(worker)
                 return
+            worker.last_pong = time.monotonic()
             worker.ready.set()
         elif isinstance(message, ipc.Pong):
             worker.last_pong = time.monotonic()
@@ -652,7 +659,10 @@ class SessionSupervisor:
             with contextlib.suppress(ConnectionError, OSError):
                 worker.send(ipc.Ack(session_id=sid, seq=seq))
 
-    async def _history_progress(self, sid: int, chunk: events.HistoryChunk) -> None:
+    async def _history_progress(
+        self, sid: int, chunk: events.HistoryChunk, changes: Changes
+    ) -> None:
+        self._spawn(self._fetch_pending_media(sid), f"history media of session {sid}")
         await self._publish(
             "history-progress",
             sid,
@@ -662,6 +672,8 @@ class SessionSupervisor:
                 "chunk_order": chunk.chunk_order,
                 "sync_type": chunk.sync_type,
                 "messages": sum(len(c.messages) for c in chunk.conversations),
+                "imported": changes.history_imported,
+                "already_stored": changes.history_skipped,
             },
         )
 

@@ -47,6 +47,7 @@ class WorkerConfig(BaseModel):
     log_level: str = "info"
     media_dir: Path | None = None
     media_max_bytes: int = 100 * 1024 * 1024
+    recycle_after: int = 20
 
 
 def _die_with_parent() -> None:
@@ -71,6 +72,7 @@ class Worker:
         self._out: asyncio.Queue[BaseModel | None] = asyncio.Queue()
         self._connect_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self.failed_connects = 0
 
     def send(self, message: BaseModel) -> None:
         self._out.put_nowait(message)
@@ -110,10 +112,12 @@ class Worker:
         sock = socket.socket(fileno=self.config.ipc_fd)
         reader, writer = await asyncio.open_unix_connection(sock=sock)
         writer_task = asyncio.ensure_future(self._writer(writer))
+        # The heavy imports (neonize loads its Go library) come before Hello: the supervisor
+        # starts timing heartbeats at Hello.
+        factory, timing = self._factory()
         self.send(
             ipc.Hello(version=ipc.PROTOCOL_VERSION, pid=os.getpid(), driver=self.config.driver)
         )
-        factory, timing = self._factory()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: reader.feed_eof())
         try:
@@ -161,6 +165,7 @@ class Worker:
                 connect_lock=self._connect_lock,
                 backoff=Backoff(base=self.config.backoff_base, cap=self.config.backoff_cap),
                 qr_timing=timing,
+                on_connect_failure=self._connect_failed,
                 media=MediaStore(
                     self.config.media_dir or self.config.data_dir / "media",
                     self.config.media_max_bytes,
@@ -202,6 +207,19 @@ class Worker:
                 error_kind="failed",
             )
         self.send(response)
+
+    def _connect_failed(self) -> None:
+        """neonize keeps one PostgreSQL connection of every client whose connect failed, until
+        the process exits: after enough failures, end this process so the supervisor starts a
+        fresh one (the sessions resume there)."""
+        self.failed_connects += 1
+        if self.config.driver == "neonize" and self.failed_connects >= self.config.recycle_after:
+            log.warning(
+                "recycling this worker after %d failed connects (neonize leaks a database "
+                "connection per failed connect)",
+                self.failed_connects,
+            )
+            os._exit(ipc.RECYCLE_EXIT_CODE)
 
     def _spool_dir(self, session_id: int) -> Path:
         return self.config.data_dir / "spool" / str(session_id)

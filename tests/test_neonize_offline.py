@@ -88,6 +88,49 @@ async def test_real_neonize_offline_reconnects_with_growing_delays_and_stops(
     assert tables >= 10
 
 
+async def test_a_neonize_worker_is_recycled_after_repeated_failures(
+    aiohttp_client: Any, tmp_path: Path, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """neonize keeps a database connection per failed connect: the worker is replaced before
+    they pile up, and the session goes on retrying in the new one."""
+    import dataclasses
+
+    from gateway import app as app_module
+
+    real = app_module.supervisor_config
+    monkeypatch.setattr(
+        app_module,
+        "supervisor_config",
+        lambda s, url: dataclasses.replace(real(s, url), recycle_after=3),
+    )
+    settings = fast_settings(
+        tmp_path, db_url, driver="neonize", reconnect_base_seconds=0.05, reconnect_max_seconds=0.1
+    )
+    client = await aiohttp_client(create_app(settings))
+    token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    events = record(client)
+    sid = await create_session(client, token, "real")
+    first = await wait_for(
+        lambda: asyncio.sleep(0, result=supervisor(client).worker_pid(sid)), what="a worker"
+    )
+
+    def recycled() -> bool:
+        return any(
+            e.event == "session-state" and "recycled" in (e.payload["error"] or "")
+            for e in events.events
+        )
+
+    await wait_for(lambda: asyncio.sleep(0, result=recycled()), timeout=30, what="a recycle")
+    await wait_for(
+        lambda: asyncio.sleep(0, result=supervisor(client).worker_pid(sid) not in (None, first)),
+        timeout=30,
+        what="a new worker",
+    )
+    assert _gone(first)
+    body = await (await client.get(f"/api/v1/sessions/{sid}", headers=bearer(token))).json()
+    assert body["state"] == "reconnecting"
+
+
 def _gone(pid: int) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
