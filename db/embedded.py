@@ -240,8 +240,7 @@ class EmbeddedPostgres:
             if self._run_as_root:
                 self._ensure_system_user()
                 self._make_traversable(socket_dir)
-            # A postmaster.pid left by a killed server makes pg_ctl refuse; the server itself
-            # clears a stale one, so only a live pid can stop us here.
+            self._clear_stale_locks(socket_dir)
             self._run(
                 "pg_ctl",
                 "start",
@@ -261,6 +260,19 @@ class EmbeddedPostgres:
             log.info("embedded PostgreSQL started, socket in %s", socket_dir)
         self._ensure_database(self.database)
         return self.url()
+
+    def _clear_stale_locks(self, socket_dir: Path) -> None:
+        """Remove lock files of a server that is gone. PostgreSQL checks the pid in them with
+        kill(0), which a zombie (a stopped server whose parent has not reaped it yet, common
+        when pid 1 reaps lazily) still passes: it would refuse to start for no reason."""
+        for lock in (socket_dir / f"{_SOCKET_NAME}.lock", self.data_dir / "postmaster.pid"):
+            try:
+                pid = int(lock.read_text(encoding="utf-8").splitlines()[0])
+            except (OSError, ValueError, IndexError):
+                continue
+            if not process_alive(pid):
+                log.info("removing stale lock %s (pid %s is gone)", lock, pid)
+                lock.unlink(missing_ok=True)
 
     def _ensure_database(self, name: str) -> None:
         deadline = time.monotonic() + 10

@@ -35,6 +35,10 @@ def build_openapi(specs: list[RouteSpec], *, version: str) -> dict[str, Any]:
         for model in (spec.body, spec.response):
             if model is not None:
                 models.add(model)
+    names = sorted(m.__name__ for m in models)
+    clashes = {n for n in names if names.count(n) > 1}
+    if clashes:
+        raise ValueError(f"two API models share a name (rename one): {sorted(clashes)}")
     mode: Literal["validation"] = "validation"
     keyed = [(m, mode) for m in sorted(models, key=lambda m: m.__name__)]
     refs, schema = models_json_schema(keyed, ref_template=_REF)

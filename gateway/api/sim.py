@@ -42,7 +42,7 @@ class CodeRequest(BaseModel):
     push_name: str | None = None
 
 
-class SendRequest(BaseModel):
+class SimSendRequest(BaseModel):
     messages: list[SimMessage] = Field(min_length=1, max_length=10000)
 
 
@@ -104,12 +104,12 @@ async def pair_code(request: web.Request, body: CodeRequest) -> Queued:
 @router.post(
     "/api/v1/sim/sessions/{session_id}/messages",
     summary="Contacts (or the owner) send messages to the account",
-    body=SendRequest,
+    body=SimSendRequest,
     response=Queued,
     status=202,
     errors=(404,),
 )
-async def send(request: web.Request, body: SendRequest) -> Queued:
+async def send(request: web.Request, body: SimSendRequest) -> Queued:
     phone = await phone_for(request)
     return Queued(ids=phone.send(*body.messages))
 
