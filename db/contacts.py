@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from db import Executor
@@ -116,3 +116,30 @@ async def upsert_many(
     )
     if link:
         await conn.execute(_LINK_MANY, session_id, link)
+
+
+_PAGE = """
+SELECT k.id, k.session_id, k.jid, k.lid, k.phone, k.push_name, k.saved_name, k.business_name,
+       k.photo_url, k.updated_at
+FROM contacts k JOIN sessions s ON s.id = k.session_id
+WHERE ($1::bigint IS NULL OR s.owner_id = $1)
+  AND ($2::bigint IS NULL OR k.session_id = $2)
+  AND ($3::text IS NULL OR k.push_name ILIKE '%' || $3 || '%' OR k.saved_name ILIKE '%' || $3 || '%'
+       OR k.phone LIKE $3 || '%')
+  AND k.id > $4
+ORDER BY k.id
+LIMIT $5
+"""
+
+
+async def page(
+    conn: Executor,
+    owner_id: int | None,
+    *,
+    session_id: int | None,
+    q: str | None,
+    after_id: int,
+    limit: int,
+) -> list[dict[str, Any]]:
+    rows = await conn.fetch(_PAGE, owner_id, session_id, q, after_id, limit)
+    return [dict(r) for r in rows]

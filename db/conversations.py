@@ -218,6 +218,15 @@ WHERE ($1::bigint IS NULL OR s.owner_id = $1)
   AND ($3::bool IS NULL OR (c.unread_count > 0) = $3)
   AND ($4::bool IS NULL OR c.archived = $4)
   AND ($5::text IS NULL OR $5 = ANY(c.labels))
+  AND ($9::text IS NULL
+       OR to_tsvector('simple'::regconfig, coalesce(c.contact_name, ''))
+          @@ websearch_to_tsquery('simple'::regconfig, $9)
+       OR c.wa_user_id LIKE $9 || '%'
+       OR c.id IN (SELECT m.conversation_id FROM messages m
+                   WHERE m.session_id IN (SELECT id FROM sessions
+                                          WHERE $1::bigint IS NULL OR owner_id = $1)
+                     AND m.text_content IS NOT NULL
+                     AND wagate_search_vector(m.text_content) @@ wagate_search_query($9)))
   AND ($6::timestamptz IS NULL
        OR (coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz), c.id) < ($6, $7))
 ORDER BY coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz) DESC, c.id DESC
@@ -256,6 +265,7 @@ async def page(
     unread: bool | None = None,
     archived: bool | None = None,
     label: str | None = None,
+    q: str | None = None,
     after: tuple[datetime, int] | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
@@ -270,6 +280,7 @@ async def page(
         after[0] if after else None,
         after[1] if after else None,
         limit,
+        q,
     )
     return [dict(r) for r in rows]
 

@@ -22,6 +22,7 @@ from db.embedded import EmbeddedPostgres
 from db.pool import create_pool
 from gateway import __version__
 from gateway.api import auth as auth_api
+from gateway.api import contacts as contacts_api
 from gateway.api import conversations as conversations_api
 from gateway.api import events as events_api
 from gateway.api import health as health_api
@@ -71,6 +72,7 @@ ROUTERS: list[ApiRouter] = [
     conversations_api.compat,
     messages_api.router,
     events_api.router,
+    contacts_api.router,
 ]
 FAKE_ROUTERS: list[ApiRouter] = [sim_api.router]
 

@@ -377,3 +377,40 @@ async def test_no_route_shows_or_touches_another_operators_things(
     after = await get(client, token, f"/api/v1/conversations/{chat['id']}")
     assert after["archived"] is False
     assert (await get(client, token, f"/api/v1/sessions/{sid}"))["state"] == "connected"
+
+
+async def test_full_text_search_in_three_languages(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    p = phone(settings, sid)
+    p.send(text(ALICE, "Where are my shipped packages?", push_name="Alice"))
+    p.send(text("+5215587654321", "¿Dónde están mis pedidos?", push_name="Bruno"))
+    p.send(text("+5511987654321", "Preciso das minhas encomendas", push_name="Carla"))
+    await inbox(client, token, 3)
+
+    async def search(q: str) -> list[str]:
+        found = await get(client, token, f"/api/v1/search?q={q}")
+        return [hit["contact_name"] for hit in found["items"]]
+
+    assert await search("package shipping") == ["Alice"]  # English stems
+    assert await search("pedido") == ["Bruno"]  # Spanish
+    assert await search("encomenda") == ["Carla"]  # Portuguese
+    assert await search("nothing-like-this") == []
+    by_text = await get(client, token, "/api/v1/conversations?q=pedido")
+    assert [c["contact_name"] for c in by_text["items"]] == ["Bruno"]
+    by_name = await get(client, token, "/api/v1/conversations?q=Carla")
+    assert [c["contact_name"] for c in by_name["items"]] == ["Carla"]
+    contacts = await get(client, token, "/api/v1/contacts")
+    assert sorted(c["push_name"] for c in contacts["items"]) == ["Alice", "Bruno", "Carla"]
+    only = await get(client, token, "/api/v1/contacts?q=bru")
+    assert [c["phone"] for c in only["items"]] == ["5215587654321"]
+    # Another operator finds nothing of it.
+    await client.post(
+        "/api/v1/users",
+        json={"email": "nosy@example.com", "password": "password-123"},
+        headers=bearer(token),
+    )
+    nosy = await login(client, "nosy@example.com", "password-123")
+    assert (await get(client, nosy, "/api/v1/search?q=pedido"))["items"] == []
+    assert (await get(client, nosy, "/api/v1/contacts"))["items"] == []
+    assert (await get(client, nosy, "/api/v1/conversations?q=pedido"))["items"] == []

@@ -76,6 +76,12 @@ class ConversationQuery(BaseModel):
     unread: bool | None = None
     archived: bool | None = Field(default=False, description="Default: only active chats")
     label: str | None = Field(default=None, max_length=100)
+    q: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="Full-text search over contact names and message text (en/es/pt)",
+    )
     cursor: str | None = Field(default=None, description="next_cursor of the previous page")
     limit: int = Field(default=50, ge=1, le=200)
 
@@ -101,6 +107,7 @@ async def list_conversations(request: web.Request, query: ConversationQuery) -> 
         unread=query.unread,
         archived=query.archived,
         label=query.label,
+        q=query.q,
         after=after,
         limit=query.limit + 1,
     )
