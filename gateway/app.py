@@ -54,6 +54,7 @@ from gateway.metrics import Metrics, SessionCollector, metrics_middleware
 from gateway.openapi import add_docs_routes, build_openapi
 from gateway.outbox import OutboxWorker
 from gateway.ratelimit import LoginLimiter
+from gateway.realtime import attach_realtime
 from gateway.routing import ApiRouter
 from gateway.security import PasswordService, TokenService
 from gateway.settings import Settings, max_body_bytes
@@ -219,6 +220,7 @@ def create_app(
         app[DATABASE_URL] = url
     app.cleanup_ctx.append(_database(announce_admin))
     app.cleanup_ctx.append(_sessions)
+    attach_realtime(app)  # Socket.IO: starts after the bus, stops before it
 
     routers = routers_for(settings)
     for router in routers:

@@ -35,6 +35,11 @@ class Settings(BaseSettings):
         default=None,
         description="PostgreSQL URL. Unset: an embedded PostgreSQL under DATA_DIR/pg is started.",
     )
+    redis_url: SecretStr | None = Field(
+        default=None,
+        description="Redis URL (redis://host:6379/0). Set it when several gateway processes "
+        "serve one database: Socket.IO events then reach clients connected to any of them.",
+    )
     db_pool_min: int = Field(default=2, ge=1, description="Smallest size of the connection pool.")
     db_pool_max: int = Field(default=10, ge=1, description="Largest size of the connection pool.")
     db_connect_timeout: float = Field(
