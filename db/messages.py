@@ -241,8 +241,10 @@ MESSAGE_COLUMNS = (
 _INSERT_OUTBOUND = """
 INSERT INTO messages (session_id, conversation_id, direction, sender_type, message_type,
                       text_content, quoted_wa_message_id, status, idempotency_key, sent_by,
-                      sent_at)
-VALUES ($1, $2, 'outbound', $3, 'text', $4, $5, 'pending', $6, $7, now())
+                      sent_at, media_sha256, media_mime, media_size, media_filename,
+                      media_status)
+VALUES ($1, $2, 'outbound', $3, $8, $4, $5, 'pending', $6, $7, now(), $9, $10, $11, $12,
+        CASE WHEN $9::text IS NULL THEN NULL ELSE 'stored' END)
 ON CONFLICT (session_id, idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id
 """
@@ -291,9 +293,12 @@ async def insert_outbound(
     idempotency_key: str | None,
     sent_by: int | None,
     sender_type: str = "agent",
+    message_type: str = "text",
+    media: tuple[str, str, int, str | None] | None = None,
 ) -> tuple[int, bool]:
     """A message we are about to send, `pending`: (its id, whether it is new). With an
-    idempotency key already used, the existing message's id and False."""
+    idempotency key already used, the existing message's id and False. `media` is (sha256,
+    mime type, size, file name) of an attachment already in the media store."""
     value = await conn.fetchval(
         _INSERT_OUTBOUND,
         session_id,
@@ -303,6 +308,8 @@ async def insert_outbound(
         quoted_wa_message_id,
         idempotency_key,
         sent_by,
+        message_type,
+        *(media or (None, None, None, None)),
     )
     if value is not None:
         return int(value), True

@@ -172,7 +172,12 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
     app[REGISTRY].register(SessionCollector(supervisor))
     await supervisor.start()
     worker = OutboxWorker(
-        app[POOL], app[DATABASE_URL], supervisor, bus, keep_revoked=app[SETTINGS].keep_revoked
+        app[POOL],
+        app[DATABASE_URL],
+        supervisor,
+        bus,
+        media_dir=app[SETTINGS].media_path,
+        keep_revoked=app[SETTINGS].keep_revoked,
     )
     await worker.start()
     app[OUTBOX] = worker

@@ -15,6 +15,7 @@ from db import sessions as sessions_db
 from db.users import User
 from gateway.errors import ApiError, Conflict, NotFound
 from gateway.keys import BUS, POOL
+from sessions.media import StoredMedia
 
 # A message can be queued while the account is up or on its way back up; anything else would
 # sit in the outbox for nobody.
@@ -50,6 +51,47 @@ async def sendable_session(app: web.Application, session_id: int) -> sessions_db
     return session
 
 
+# What may be sent as an attachment, by the type sniffed from its bytes.
+ALLOWED_MEDIA = (
+    "image/jpeg",
+    "image/png",
+    "image/webp",
+    "image/gif",
+    "video/mp4",
+    "video/3gpp",
+    "audio/ogg",
+    "audio/mpeg",
+    "audio/mp4",
+    "audio/aac",
+    "audio/amr",
+    "application/pdf",
+    "application/zip",
+    "text/plain",
+    "text/csv",
+    "application/msword",
+    "application/vnd.openxmlformats-officedocument",
+    "application/vnd.ms-excel",
+    "application/vnd.ms-powerpoint",
+    "application/vnd.oasis.opendocument",
+)
+
+
+def media_kind(mime: str, *, voice: bool = False) -> str:
+    if mime == "image/webp":
+        return "sticker"
+    if mime.startswith("image/"):
+        return "image"
+    if mime.startswith("video/"):
+        return "video"
+    if mime.startswith("audio/"):
+        return "voice" if voice or mime == "audio/ogg" else "audio"
+    return "document"
+
+
+def allowed(mime: str) -> bool:
+    return mime.startswith(ALLOWED_MEDIA)
+
+
 async def send_text(
     app: web.Application,
     user: User,
@@ -58,9 +100,12 @@ async def send_text(
     *,
     reply_to: int | None = None,
     idempotency_key: str | None = None,
+    attachment: StoredMedia | None = None,
+    filename: str | None = None,
 ) -> tuple[dict[str, Any], bool]:
-    """Queue a text message; (the message, whether it is new). The same idempotency key gives
-    back the same message and sends nothing."""
+    """Queue a message (text, or an attachment with `text` as its caption); (the message,
+    whether it is new). The same idempotency key gives back the same message and sends
+    nothing."""
     conversation = await owned_conversation(app, user, conversation_id)
     session = await sendable_session(app, conversation["session_id"])
     quoted: str | None = None
@@ -72,6 +117,13 @@ async def send_text(
             raise ApiError(400, "reply_to has not been sent yet", code="bad_reply")
         quoted = target["wa_message_id"]
     async with app[POOL].acquire() as conn, conn.transaction():
+        kind = "text"
+        media = None
+        if attachment is not None:
+            assert attachment.sha256 is not None
+            assert attachment.mime is not None
+            kind = media_kind(attachment.mime)
+            media = (attachment.sha256, attachment.mime, attachment.size or 0, filename)
         message_id, new = await messages.insert_outbound(
             conn,
             session_id=session.id,
@@ -80,14 +132,17 @@ async def send_text(
             quoted_wa_message_id=quoted,
             idempotency_key=idempotency_key,
             sent_by=user.id,
+            message_type=kind,
+            media=media,
         )
         if new:
+            job = "send_text" if attachment is None else "send_media"
             await outbox.enqueue(
                 conn,
-                "send_text",
+                job,
                 {"message_id": message_id},
                 session_id=session.id,
-                dedupe_key=f"send_text:{message_id}",
+                dedupe_key=f"{job}:{message_id}",
             )
     message = await messages.get_scoped(app[POOL], message_id)
     assert message is not None
@@ -103,8 +158,8 @@ async def send_text(
                 "wa_message_id": None,
                 "direction": "outbound",
                 "sender_type": "agent",
-                "message_type": "text",
-                "text_content": text,
+                "message_type": message["message_type"],
+                "text_content": text or None,
                 "status": "pending",
                 "sent_at": message["sent_at"].isoformat(),
                 "from_history": False,

@@ -32,7 +32,7 @@ _ERROR_TEXT = {
 def build_openapi(specs: list[RouteSpec], *, version: str) -> dict[str, Any]:
     models: set[type[BaseModel]] = {ErrorResponse}
     for spec in specs:
-        for model in (spec.body, spec.response):
+        for model in (spec.body, spec.response, spec.form):
             if model is not None:
                 models.add(model)
     names = sorted(m.__name__ for m in models)
@@ -81,10 +81,10 @@ def build_openapi(specs: list[RouteSpec], *, version: str) -> dict[str, Any]:
         if params:
             op["parameters"] = params
         if spec.body is not None:
-            op["requestBody"] = {
-                "required": True,
-                "content": {"application/json": {"schema": ref(spec.body)}},
-            }
+            content: dict[str, Any] = {"application/json": {"schema": ref(spec.body)}}
+            if spec.form is not None:
+                content["multipart/form-data"] = {"schema": ref(spec.form)}
+            op["requestBody"] = {"required": True, "content": content}
         responses: dict[str, Any] = {}
         if spec.response is not None:
             responses[str(spec.status)] = {

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import asyncpg
@@ -18,11 +19,12 @@ from db.outbox import OutboxItem
 from gateway.bus import EventBus
 from sessions import ipc
 from sessions.backoff import Backoff
+from sessions.media import media_path
 from sessions.supervisor import CommandFailed, SessionSupervisor, SessionUnavailable
 
 log = structlog.get_logger(__name__)
 
-KINDS = ["send_text", "react", "edit", "revoke"]
+KINDS = ["send_text", "send_media", "react", "edit", "revoke"]
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 # A session that is down is waited for (the message stays pending) this long, then the
@@ -43,9 +45,11 @@ class OutboxWorker:
         supervisor: SessionSupervisor,
         bus: EventBus,
         *,
+        media_dir: Path,
         keep_revoked: bool = True,
         retry_base: float = 1.0,
     ) -> None:
+        self._media_dir = media_dir
         self._pool = pool
         self._url = database_url
         self._supervisor = supervisor
@@ -57,6 +61,7 @@ class OutboxWorker:
         self._listener: asyncpg.Connection | None = None
         self._handlers: dict[str, Callable[[OutboxItem], Awaitable[None]]] = {
             "send_text": self._send_text,
+            "send_media": self._send_media,
             "react": self._react,
             "edit": self._edit,
             "revoke": self._revoke,
@@ -141,7 +146,7 @@ class OutboxWorker:
     async def _give_up(self, item: OutboxItem, error: str) -> None:
         log.warning("outbox item failed for good", item_id=item.id, kind=item.kind, error=error)
         await outbox.fail(self._pool, item.id, error)
-        if item.kind == "send_text":
+        if item.kind in ("send_text", "send_media"):
             changed = await messages.mark_failed(self._pool, item.payload["message_id"], error)
             if changed is not None:
                 await self._status(item.session_id, {**changed, "error": error})
@@ -211,6 +216,32 @@ class OutboxWorker:
                 reply_to=message["quoted_wa_message_id"],
                 reply_to_sender=quoted_sender,
             ),
+        )
+        stamp = result.get("timestamp")
+        changed = await messages.mark_sent(
+            self._pool,
+            message["id"],
+            str(result["id"]),
+            datetime.fromisoformat(stamp) if stamp else None,
+        )
+        if changed is not None:
+            await self._status(message["session_id"], changed)
+
+    async def _send_media(self, item: OutboxItem) -> None:
+        message = await self._target(item)
+        if message["status"] != "pending":
+            return
+        result = await self._supervisor.request(
+            message["session_id"],
+            ipc.SendMedia(
+                to=message["external_id"],
+                kind=message["message_type"],
+                path=str(media_path(self._media_dir, message["media_sha256"])),
+                mime_type=message["media_mime"] or "application/octet-stream",
+                filename=message["media_filename"],
+                caption=message["text_content"],
+            ),
+            timeout=120,
         )
         stamp = result.get("timestamp")
         changed = await messages.mark_sent(

@@ -45,6 +45,7 @@ class RouteSpec:
     status: int
     errors: tuple[int, ...]
     operation_id: str
+    form: type[BaseModel] | None = None  # documents a multipart/form-data alternative
     description: str = ""
     extra_responses: dict[int, str] = field(default_factory=dict)
 
@@ -116,6 +117,7 @@ class ApiRouter:
         auth: Auth = "user",
         errors: tuple[int, ...] = (),
         description: str = "",
+        form: type[BaseModel] | None = None,
     ) -> Callable[[Endpoint], Endpoint]:
         def decorate(fn: Endpoint) -> Endpoint:
             spec = RouteSpec(
@@ -131,6 +133,7 @@ class ApiRouter:
                 errors=errors,
                 operation_id=fn.__name__,
                 description=description or (fn.__doc__ or "").strip(),
+                form=form,
             )
 
             @wraps(fn)
@@ -141,7 +144,10 @@ class ApiRouter:
                         raise Forbidden("this needs an admin account")
                 kwargs: dict[str, Any] = {}
                 if spec.body is not None:
-                    kwargs["body"] = parse_model(spec.body, await read_json(request), "body")
+                    if spec.form is not None and request.content_type == "multipart/form-data":
+                        kwargs["body"] = None  # the handler streams the parts itself
+                    else:
+                        kwargs["body"] = parse_model(spec.body, await read_json(request), "body")
                 if spec.query is not None:
                     kwargs["query"] = parse_model(spec.query, dict(request.query), "query string")
                 return to_response(await fn(request, **kwargs), spec.status)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import ctypes
+import hashlib
 import logging
 import secrets
 import time
@@ -418,6 +419,53 @@ class FakeClient:
         if isinstance(message, str):
             message = wp.text(message)
         return self._record(to, message)
+
+    def _record_media(
+        self, to: Any, kind: str, file: bytes, **details: Any
+    ) -> neonize_pb.SendResponse:
+        if not self.connected:
+            raise FakeSendError("not connected")
+        message_id = f"3EB0{secrets.token_hex(8).upper()}"
+        stamp = int(time.time())
+        self.server.record_sent(
+            self.key,
+            {
+                "id": message_id,
+                "to": wp.jid_str(to),
+                "ts": stamp,
+                "media": kind,
+                "sha256": hashlib.sha256(file).hexdigest(),
+                "size": len(file),
+                **{k: v for k, v in details.items() if v is not None},
+            },
+        )
+        return neonize_pb.SendResponse(Timestamp=stamp, ID=message_id, ServerID=0)
+
+    async def send_image(self, to: Any, file: bytes, caption: str | None = None, **_: Any) -> Any:
+        return self._record_media(to, "image", file, caption=caption)
+
+    async def send_video(self, to: Any, file: bytes, caption: str | None = None, **_: Any) -> Any:
+        return self._record_media(to, "video", file, caption=caption)
+
+    async def send_audio(self, to: Any, file: bytes, ptt: bool = False, **_: Any) -> Any:
+        return self._record_media(to, "voice" if ptt else "audio", file)
+
+    async def send_sticker(self, to: Any, file: bytes, **_: Any) -> Any:
+        return self._record_media(to, "sticker", file)
+
+    async def send_document(
+        self,
+        to: Any,
+        file: bytes,
+        caption: str | None = None,
+        title: str | None = None,
+        filename: str | None = None,
+        mimetype: str | None = None,
+        **_: Any,
+    ) -> Any:
+        return self._record_media(
+            to, "document", file, caption=caption, filename=filename, mimetype=mimetype
+        )
 
     async def build_reaction(self, chat: Any, sender: Any, message_id: str, reaction: str) -> Any:
         return wp.reaction(

@@ -37,6 +37,18 @@ class SendText(_Msg):
     reply_to_sender: str | None = None
 
 
+class SendMedia(_Msg):
+    """Send a stored file (the worker reads it from the media directory)."""
+
+    command: Literal["send_media"] = "send_media"
+    to: str
+    kind: Literal["image", "video", "audio", "voice", "document", "sticker"]
+    path: str
+    mime_type: str
+    filename: str | None = None
+    caption: str | None = None
+
+
 class React(_Msg):
     command: Literal["react"] = "react"
     chat: str
@@ -109,6 +121,7 @@ class PairPhone(_Msg):
 
 Command = Annotated[
     SendText
+    | SendMedia
     | React
     | Revoke
     | Edit

@@ -14,6 +14,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any, Protocol
 
 from google.protobuf import json_format
@@ -64,6 +65,19 @@ class DriverClient(Protocol):
     async def edit_message(self, chat: Any, message_id: str, new_message: Any) -> Any: ...
     async def mark_read(self, *message_ids: str, chat: Any, sender: Any, receipt: Any) -> Any: ...
     async def download_any(self, message: Any) -> Any: ...
+    async def send_image(self, to: Any, file: bytes, caption: str | None = None) -> Any: ...
+    async def send_video(self, to: Any, file: bytes, caption: str | None = None) -> Any: ...
+    async def send_audio(self, to: Any, file: bytes, ptt: bool = False) -> Any: ...
+    async def send_sticker(self, to: Any, file: bytes, passthrough: bool = False) -> Any: ...
+    async def send_document(
+        self,
+        to: Any,
+        file: bytes,
+        caption: str | None = None,
+        title: str | None = None,
+        filename: str | None = None,
+        mimetype: str | None = None,
+    ) -> Any: ...
     async def get_pn_from_lid(self, jid: Any) -> Any: ...
     async def get_group_info(self, jid: Any) -> Any: ...
     async def get_profile_picture(self, jid: Any) -> Any: ...
@@ -429,6 +443,8 @@ class SessionRuntime:
             raise CommandError("not_connected", "the session is not connected")
         if isinstance(command, ipc.SendText):
             return await self._send_text(client, command)
+        if isinstance(command, ipc.SendMedia):
+            return await self._send_media(client, command)
         if isinstance(command, ipc.DownloadMedia):
             return await self._download(client, command)
         if isinstance(command, ipc.GroupInfo):
@@ -504,6 +520,29 @@ class SessionRuntime:
             raise CommandError("failed", "the download returned no bytes")
         stored = await asyncio.to_thread(self.media.put, bytes(data), command.declared_mime)
         return dataclasses.asdict(stored)
+
+    async def _send_media(self, client: DriverClient, command: ipc.SendMedia) -> dict[str, Any]:
+        data = await asyncio.to_thread(Path(command.path).read_bytes)
+        to = parse_jid(command.to)
+        caption = command.caption or None
+        if command.kind == "image":
+            response = await client.send_image(to, data, caption=caption)
+        elif command.kind == "video":
+            response = await client.send_video(to, data, caption=caption)
+        elif command.kind in ("audio", "voice"):
+            response = await client.send_audio(to, data, ptt=command.kind == "voice")
+        elif command.kind == "sticker":
+            response = await client.send_sticker(to, data, passthrough=True)
+        else:
+            response = await client.send_document(
+                to,
+                data,
+                caption=caption,
+                filename=command.filename,
+                title=command.filename,
+                mimetype=command.mime_type,
+            )
+        return _sent(response)
 
     async def _send_text(self, client: DriverClient, command: ipc.SendText) -> dict[str, Any]:
         if command.reply_to:

@@ -414,3 +414,67 @@ async def test_full_text_search_in_three_languages(
     assert (await get(client, nosy, "/api/v1/search?q=pedido"))["items"] == []
     assert (await get(client, nosy, "/api/v1/contacts"))["items"] == []
     assert (await get(client, nosy, "/api/v1/conversations?q=pedido"))["items"] == []
+
+
+async def test_send_an_attachment_with_a_caption(
+    client: Client, token: str, settings: Settings, sid: int
+) -> None:
+    import hashlib
+
+    import aiohttp
+
+    chat = await one_chat(client, token, settings, sid)
+    url = f"/api/v1/conversations/{chat['id']}/messages"
+    photo = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00\x01" + bytes(range(256)) * 20
+    form = aiohttp.FormData()
+    form.add_field("file", photo, filename="photo.jpg", content_type="image/jpeg")
+    form.add_field("text", "the package")
+    resp = await client.post(url, data=form, headers=bearer(token))
+    assert resp.status == 202, await resp.text()
+    message = await resp.json()
+    assert message["message_type"] == "image"
+    assert message["text_content"] == "the package"
+    assert message["media"]["status"] == "stored"
+    assert message["media"]["mime_type"] == "image/jpeg"
+
+    async def sent() -> list[dict[str, Any]] | None:
+        media = [s for s in phone(settings, sid).sent() if s.get("media")]
+        return media or None
+
+    (delivered,) = await wait_for(sent, what="the photo on the phone")
+    assert delivered["media"] == "image"
+    assert delivered["caption"] == "the package"
+    assert delivered["sha256"] == hashlib.sha256(photo).hexdigest()
+    served = await client.get(message["media"]["url"], headers=bearer(token))
+    assert await served.read() == photo
+
+    exe = aiohttp.FormData()
+    exe.add_field("file", b"MZ\x90\x00" + b"\x00" * 200, filename="x.exe")
+    refused = await client.post(url, data=exe, headers=bearer(token))
+    assert refused.status == 415
+    assert (await refused.json())["error"]["code"] == "unsupported_media_type"
+    empty = aiohttp.FormData()
+    empty.add_field("text", "no file")
+    assert (await client.post(url, data=empty, headers=bearer(token))).status == 400
+
+
+async def test_an_attachment_over_the_limit_is_413(
+    aiohttp_client: Any, tmp_path: Path, db_url: str
+) -> None:
+    import aiohttp
+
+    from gateway.app import create_app
+
+    settings = fast_settings(tmp_path, db_url, media_max_mb=0.01)
+    client = await aiohttp_client(create_app(settings))
+    token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    sid = await link(client, token, settings)
+    chat = await one_chat(client, token, settings, sid)
+    form = aiohttp.FormData()
+    form.add_field("file", b"%PDF-1.4\n" + b"x" * 20000, filename="big.pdf")
+    resp = await client.post(
+        f"/api/v1/conversations/{chat['id']}/messages", data=form, headers=bearer(token)
+    )
+    assert resp.status == 413
+    page = await get(client, token, f"/api/v1/conversations/{chat['id']}/messages")
+    assert [m["direction"] for m in page["items"]] == ["inbound"]

@@ -160,5 +160,7 @@ def test_every_command_model_can_cross_the_ipc() -> None:
             fields["message_ids"] = ["a"]
         if cls is ipc.DownloadMedia:
             fields["message"] = {}
+        if cls is ipc.SendMedia:
+            fields["kind"] = "image"
         request = ipc.Request(request_id=1, session_id=1, command=cls(**fields))
         assert ipc.Request.model_validate_json(request.model_dump_json()) == request

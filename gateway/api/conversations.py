@@ -3,10 +3,11 @@ sending, and reading a chat (clears its unread count here and on WhatsApp)."""
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime
 
 import structlog
-from aiohttp import web
+from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, Field
 
 from db import conversations, messages
@@ -15,10 +16,11 @@ from gateway.api.models import ConversationOut, MessageOut
 from gateway.auth import bearer_token, current_user, user_from_token
 from gateway.cursor import decode_cursor, encode_cursor
 from gateway.errors import ApiError, NotFound, Unauthorized
-from gateway.keys import POOL, SUPERVISOR
-from gateway.messaging import owned_conversation, send_text
+from gateway.keys import POOL, SETTINGS, SUPERVISOR
+from gateway.messaging import allowed, owned_conversation, send_text
 from gateway.routing import ApiRouter, path_int
 from sessions import ipc
+from sessions.media import MediaStore, StoredMedia, sniff
 from sessions.supervisor import CommandFailed, SessionUnavailable
 
 router = ApiRouter("conversations")
@@ -223,6 +225,51 @@ class SendRequest(BaseModel):
     reply_to: int | None = Field(default=None, description="Id of the message to quote")
 
 
+class SendForm(BaseModel):
+    """multipart/form-data: an attachment (its type is sniffed from the bytes and must be on
+    the allow-list; at most WAGATE_MEDIA_MAX_MB) with an optional caption."""
+
+    file: bytes = Field(json_schema_extra={"format": "binary"})
+    text: str | None = Field(default=None, max_length=4096, description="Caption")
+
+
+async def read_upload(request: web.Request) -> tuple[StoredMedia, str | None, str]:
+    """The multipart upload, stored in the media directory: (media, file name, caption)."""
+    settings = request.app[SETTINGS]
+    limit = int(settings.media_max_mb * 1024 * 1024)
+    reader = await request.multipart()
+    data: bytearray | None = None
+    filename: str | None = None
+    declared: str | None = None
+    caption = ""
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            raise ApiError(400, "nested multipart is not supported", code="bad_upload")
+        if part.name == "file":
+            filename = part.filename
+            declared = part.headers.get("Content-Type")
+            data = bytearray()
+            while chunk := await part.read_chunk(64 * 1024):
+                data.extend(chunk)
+                if len(data) > limit:
+                    raise ApiError(413, f"the file is larger than {settings.media_max_mb:g} MB")
+        elif part.name == "text":
+            caption = (await part.text())[:4096]
+        else:
+            await part.release()
+    if not data:
+        raise ApiError(400, "a non-empty `file` part is required", code="bad_upload")
+    if not allowed(sniff(bytes(data[:8192]), None)):
+        raise ApiError(
+            415,
+            f"files of type {sniff(bytes(data[:8192]), declared)} can not be sent",
+            code="unsupported_media_type",
+        )
+    store = MediaStore(settings.media_path, limit)
+    stored = await asyncio.to_thread(store.put, bytes(data), declared)
+    return stored, filename, caption
+
+
 @router.post(
     "/api/v1/conversations/{conversation_id}/messages",
     summary="Send a text message (queued: 202 with the message `pending`)",
@@ -230,22 +277,38 @@ class SendRequest(BaseModel):
     "nothing twice. 409 when the account cannot send (logged out, banned, ...): nothing is "
     "queued then.",
     body=SendRequest,
+    form=SendForm,
     response=MessageOut,
     status=202,
-    errors=(404, 409),
+    errors=(404, 409, 413, 415),
 )
-async def send_message(request: web.Request, body: SendRequest) -> MessageOut:
+async def send_message(request: web.Request, body: SendRequest | None) -> MessageOut:
     key = request.headers.get("Idempotency-Key")
     if key is not None and not 1 <= len(key) <= 200:
         raise ApiError(400, "Idempotency-Key must be 1 to 200 characters", code="validation_error")
-    message, _new = await send_text(
-        request.app,
-        current_user(request),
-        path_int(request, "conversation_id"),
-        body.text,
-        reply_to=body.reply_to,
-        idempotency_key=key,
-    )
+    user = current_user(request)
+    conversation_id = path_int(request, "conversation_id")
+    if body is None:
+        await owned_conversation(request.app, user, conversation_id)  # 404 before the upload
+        stored, filename, caption = await read_upload(request)
+        message, _new = await send_text(
+            request.app,
+            user,
+            conversation_id,
+            caption,
+            idempotency_key=key,
+            attachment=stored,
+            filename=filename,
+        )
+    else:
+        message, _new = await send_text(
+            request.app,
+            user,
+            conversation_id,
+            body.text,
+            reply_to=body.reply_to,
+            idempotency_key=key,
+        )
     return MessageOut.from_row(message)
 
 
