@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
+from datetime import datetime
 
 import structlog
 from aiohttp import web
@@ -34,15 +35,36 @@ def bearer_token(request: web.Request) -> str | None:
     return token.strip()
 
 
+class TokenRefused(Exception):
+    """The token is invalid or expired, or its account is gone or disabled."""
+
+
+async def check_token(app: web.Application, token: str) -> tuple[User, datetime]:
+    """The user a token belongs to, and when the token expires (HTTP and Socket.IO alike)."""
+    try:
+        claims = app[TOKENS].decode(token)
+    except InvalidTokenError as exc:
+        raise TokenRefused(str(exc)) from exc
+    user = await users.get(app[POOL], claims.user_id)
+    if user is None or user.disabled:
+        raise TokenRefused("the account of this token no longer exists or is disabled")
+    return user, claims.expires_at
+
+
 async def user_from_token(request: web.Request, token: str) -> User:
     try:
-        claims = request.app[TOKENS].decode(token)
-    except InvalidTokenError as exc:
+        user, _ = await check_token(request.app, token)
+    except TokenRefused as exc:
         raise Unauthorized(str(exc)) from exc
-    user = await users.get(request.app[POOL], claims.user_id)
-    if user is None or user.disabled:
-        raise Unauthorized("the account of this token no longer exists or is disabled")
     return user
+
+
+async def compat_user(request: web.Request) -> User:
+    """The former system's routes live outside /api/v1: a bearer header or `?token=`."""
+    token = bearer_token(request) or request.query.get("token")
+    if not token:
+        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
+    return await user_from_token(request, token)
 
 
 @web.middleware

@@ -217,15 +217,7 @@ class OutboxWorker:
                 reply_to_sender=quoted_sender,
             ),
         )
-        stamp = result.get("timestamp")
-        changed = await messages.mark_sent(
-            self._pool,
-            message["id"],
-            str(result["id"]),
-            datetime.fromisoformat(stamp) if stamp else None,
-        )
-        if changed is not None:
-            await self._status(message["session_id"], changed)
+        await self._mark_sent(message, result)
 
     async def _send_media(self, item: OutboxItem) -> None:
         message = await self._target(item)
@@ -243,6 +235,10 @@ class OutboxWorker:
             ),
             timeout=120,
         )
+        await self._mark_sent(message, result)
+
+    async def _mark_sent(self, message: dict[str, Any], result: dict[str, Any]) -> None:
+        """WhatsApp took it: the id and time it gave the message, and `sent` for the owner."""
         stamp = result.get("timestamp")
         changed = await messages.mark_sent(
             self._pool,

@@ -29,15 +29,14 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from db import sessions as sessions_db
-from db import users
 from db.sessions import Session
 from db.users import User
 from gateway import messaging
+from gateway.auth import TokenRefused, check_token
 from gateway.bus import BusEvent
 from gateway.errors import ApiError
-from gateway.keys import BUS, POOL, SETTINGS, SUPERVISOR, TOKENS
+from gateway.keys import BUS, POOL, SETTINGS, SUPERVISOR
 from gateway.qr import qr_data_url
-from gateway.security import InvalidTokenError
 from sessions.supervisor import TERMINAL_STATES
 
 log = structlog.get_logger(__name__)
@@ -156,13 +155,9 @@ class RealtimeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
 
     async def authenticate(self, token: str) -> tuple[User, datetime]:
         try:
-            claims = self.app[TOKENS].decode(token)
-        except InvalidTokenError as exc:
+            return await check_token(self.app, token)
+        except TokenRefused as exc:
             raise AuthFailed(str(exc)) from exc
-        user = await users.get(self.app[POOL], claims.user_id)
-        if user is None or user.disabled:
-            raise AuthFailed("the account of this token no longer exists or is disabled")
-        return user, claims.expires_at
 
     def user_of(self, sid: str) -> User | None:
         return self._users.get(sid)

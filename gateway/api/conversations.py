@@ -11,11 +11,10 @@ from aiohttp import BodyPartReader, web
 from pydantic import BaseModel, Field
 
 from db import conversations, messages
-from db.users import User
 from gateway.api.models import ConversationOut, MessageOut
-from gateway.auth import bearer_token, current_user, user_from_token
+from gateway.auth import compat_user, current_user
 from gateway.cursor import decode_cursor, encode_cursor
-from gateway.errors import ApiError, NotFound, Unauthorized
+from gateway.errors import ApiError, NotFound
 from gateway.keys import POOL, SETTINGS, SUPERVISOR
 from gateway.messaging import allowed, owned_conversation, send_text
 from gateway.routing import ApiRouter, path_int
@@ -348,13 +347,6 @@ class CompatMessagesQuery(BaseModel):
     conversationId: str = Field(min_length=1, description="Our id or the chat JID")
 
 
-async def _compat_user(request: web.Request) -> User:
-    token = bearer_token(request) or request.query.get("token")
-    if not token:
-        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    return await user_from_token(request, token)
-
-
 @compat.get(
     "/api/whatsapp/get_conversations",
     summary="The current system's conversation list (all of the caller's chats)",
@@ -363,7 +355,7 @@ async def _compat_user(request: web.Request) -> User:
     errors=(401,),
 )
 async def compat_conversations(request: web.Request) -> CompatConversations:
-    user = await _compat_user(request)
+    user = await compat_user(request)
     rows = await conversations.page(
         request.app[POOL], owner_id=None if user.is_admin else user.id, limit=1000
     )
@@ -392,7 +384,7 @@ async def compat_conversations(request: web.Request) -> CompatConversations:
     errors=(401, 404),
 )
 async def compat_messages(request: web.Request, query: CompatMessagesQuery) -> CompatMessages:
-    user = await _compat_user(request)
+    user = await compat_user(request)
     wanted = query.conversationId
     if wanted.isdigit() and len(wanted) < 18:
         conversation_id: int | None = int(wanted)

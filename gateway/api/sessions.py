@@ -18,8 +18,8 @@ from pydantic import BaseModel, Field
 from db import sessions as sessions_db
 from db.sessions import Session
 from db.users import User
-from gateway.auth import bearer_token, current_user, user_from_token
-from gateway.errors import ApiError, Conflict, NotFound, Unauthorized
+from gateway.auth import compat_user, current_user
+from gateway.errors import ApiError, Conflict, NotFound
 from gateway.keys import POOL, SETTINGS, SUPERVISOR
 from gateway.qr import qr_data_url
 from gateway.routing import ApiRouter, path_int
@@ -293,10 +293,7 @@ class CompatQr(BaseModel):
     errors=(401, 404),
 )
 async def compat_qr(request: web.Request) -> CompatQr:
-    token = bearer_token(request) or request.query.get("token")
-    if not token:
-        raise Unauthorized("missing bearer token (Authorization: Bearer <token>)")
-    user = await user_from_token(request, token)
+    user = await compat_user(request)
     pool = request.app[POOL]
     supervisor = request.app[SUPERVISOR]
     wanted = request.query.get("sessionId")
