@@ -26,7 +26,18 @@ $(WEB_STAMP): $(wildcard web/package.json)
 run: install
 	exec $(BIN)/python run.py serve
 
-test: install
+# The UI tests drive a headless Chromium: the system one, else the distribution's package
+# (as root with apt), else Playwright's own download.
+CHROMIUM_STAMP := $(VENV)/.chromium
+$(CHROMIUM_STAMP): $(STAMP)
+	@if command -v chromium >/dev/null 2>&1 || [ -x /usr/bin/chromium ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		apt-get update -qq && apt-get install -y -qq chromium; \
+	else $(BIN)/python -m playwright install chromium || \
+		echo "warning: no Chromium for the UI tests (install your distribution's chromium)"; fi
+	@touch $@
+
+test: install $(CHROMIUM_STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: install

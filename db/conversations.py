@@ -84,6 +84,17 @@ RETURNING id
 """
 
 
+_TOUCH = """
+UPDATE conversations SET last_message_at = greatest(last_message_at, $2), updated_at = now()
+WHERE id = $1
+"""
+
+
+async def touch(conn: Executor, conversation_id: int, at: datetime) -> None:
+    """A message was added from our side: the chat's last activity moves forward."""
+    await conn.execute(_TOUCH, conversation_id, at)
+
+
 async def mark_read_by_messages(conn: Executor, session_id: int, wa_ids: list[str]) -> list[int]:
     """Zero the unread count of the chats holding these messages (read on the phone)."""
     return [int(r["id"]) for r in await conn.fetch(_READ_BY_MESSAGES, session_id, wa_ids)]

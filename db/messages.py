@@ -250,7 +250,9 @@ RETURNING id
 """
 _BY_IDEMPOTENCY = "SELECT id FROM messages WHERE session_id = $1 AND idempotency_key = $2"
 _MARK_SENT = """
-UPDATE messages SET wa_message_id = $2, status = 'sent', sent_at = coalesce($3, sent_at),
+UPDATE messages SET wa_message_id = $2, status = 'sent',
+    -- WhatsApp's time has whole seconds: never let it move the message before what preceded it.
+    sent_at = greatest(sent_at, coalesce($3, sent_at)),
     error = NULL, updated_at = now()
 WHERE id = $1 AND status IN ('pending', 'failed')
 RETURNING id, conversation_id, wa_message_id, status

@@ -58,6 +58,7 @@ from gateway.realtime import attach_realtime
 from gateway.routing import ApiRouter
 from gateway.security import PasswordService, TokenService
 from gateway.settings import Settings, max_body_bytes
+from gateway.web import add_web_routes
 from sessions.supervisor import SessionSupervisor, SupervisorConfig, device_store_url
 
 log = structlog.get_logger(__name__)
@@ -233,4 +234,5 @@ def create_app(
     if settings.driver == "fake":
         app.router.add_get("/sim", sim_api.sim_page)
     add_docs_routes(app, build_openapi([s for r in routers for s in r.specs], version=__version__))
+    add_web_routes(app)
     return app

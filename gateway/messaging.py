@@ -6,6 +6,7 @@ the session's worker and moves the message to `sent` (or `failed`), publishing e
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
@@ -136,6 +137,7 @@ async def send_text(
             media=media,
         )
         if new:
+            await conversations.touch(conn, conversation_id, datetime.now(UTC))
             job = "send_text" if attachment is None else "send_media"
             await outbox.enqueue(
                 conn,
@@ -164,6 +166,12 @@ async def send_text(
                 "sent_at": message["sent_at"].isoformat(),
                 "from_history": False,
             },
+        )
+        await app[BUS].publish(
+            "conversation-updated",
+            conversation["owner_id"],
+            session.id,
+            {"session_id": session.id, "conversation_id": conversation_id},
         )
     return message, new
 

@@ -155,6 +155,7 @@ class SessionSupervisor:
         self._cpu: dict[int, psutil.Process] = {}
         self._running = False
         self.states: dict[int, str] = {}
+        self._next_attempt: dict[int, datetime] = {}
 
     # -- small helpers ------------------------------------------------------------------------
 
@@ -522,6 +523,12 @@ class SessionSupervisor:
             return None
         return state
 
+    def next_attempt_at(self, session_id: int) -> datetime | None:
+        """When a `reconnecting` session tries again (None otherwise)."""
+        if self.states.get(session_id) != "reconnecting":
+            return None
+        return self._next_attempt.get(session_id)
+
     def worker_pid(self, session_id: int) -> int | None:
         worker = self._session_worker.get(session_id)
         return worker.pid if worker is not None else None
@@ -587,6 +594,10 @@ class SessionSupervisor:
             return
         self._owners[session_id] = session.owner_id
         self.states[session_id] = state
+        if next_attempt_at is not None:
+            self._next_attempt[session_id] = next_attempt_at
+        else:
+            self._next_attempt.pop(session_id, None)
         log.info(
             "session %s -> %s%s",
             session_id,

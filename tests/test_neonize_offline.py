@@ -65,6 +65,7 @@ async def test_real_neonize_offline_reconnects_with_growing_delays_and_stops(
     body = await (await client.get(f"/api/v1/sessions/{sid}", headers=bearer(token))).json()
     assert body["state"] == "reconnecting"
     assert body["worker"]["pss_bytes"] > 0
+    assert body["next_attempt_at"] is not None
     pid = supervisor(client).worker_pid(sid)
     assert pid is not None
 

@@ -58,6 +58,9 @@ class SessionOut(BaseModel):
     push_name: str | None
     last_error: str | None
     banned_until: datetime | None
+    next_attempt_at: datetime | None = Field(
+        default=None, description="While reconnecting: when the next attempt is due"
+    )
     state_changed_at: datetime
     connected_at: datetime | None
     created_at: datetime
@@ -95,6 +98,7 @@ def session_out(request: web.Request, session: Session) -> SessionOut:
         push_name=session.push_name,
         last_error=session.last_error,
         banned_until=session.banned_until,
+        next_attempt_at=request.app[SUPERVISOR].next_attempt_at(session.id),
         state_changed_at=session.state_changed_at,
         connected_at=session.connected_at,
         created_at=session.created_at,

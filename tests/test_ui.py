@@ -1,0 +1,505 @@
+"""The browser UI, as a new operator uses it: headless Chromium against a real `run.py serve`.
+
+The gateway runs as a child process with the fake WhatsApp (`WAGATE_DRIVER=fake`) and fast QR
+timings; the simulated phone (`Phone`) scans, writes and reads. Every step leaves a screenshot
+under `tests/artifacts/` (git-ignored) for a human to look at.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import signal
+import struct
+import time
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import playwright.sync_api as playwright_sync
+import pytest
+import requests
+
+from sessions.fake_server import FakeWhatsApp, Phone, SimMessage, SimReceipt
+from tests.procs import Server, free_port
+
+expect = playwright_sync.expect
+
+# The system Chromium when there is one (`make test` installs the distribution's package where
+# it can); otherwise Playwright's own, if `playwright install chromium` could download it.
+CHROMIUM = next(
+    (Path(p) for p in (shutil.which("chromium"), "/usr/bin/chromium") if p and Path(p).exists()),
+    None,
+)
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
+ARTIFACTS = Path(__file__).parent / "artifacts"
+ADMIN_EMAIL = "admin@example.com"
+ADMIN_PASSWORD = "admin-password-1"
+CUSTOMER = "+5215511111111"
+WAIT_MS = 15_000
+expect.set_options(timeout=WAIT_MS)
+
+
+# -- fixtures -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
+    server = Server(
+        tmp_path / "var",
+        free_port(),
+        WAGATE_DATABASE_URL=db_url,
+        WAGATE_DRIVER="fake",
+        WAGATE_ADMIN_EMAIL=ADMIN_EMAIL,
+        WAGATE_ADMIN_PASSWORD=ADMIN_PASSWORD,
+        WAGATE_QR_FIRST_SECONDS="4",
+        WAGATE_QR_NEXT_SECONDS="2",
+        WAGATE_QR_CODES="3",
+        WAGATE_RECONNECT_BASE_SECONDS="0.05",
+        WAGATE_RECONNECT_MAX_SECONDS="0.5",
+        WAGATE_SPOOL_SYNC="flush",
+        WAGATE_LOGIN_RATE_LIMIT="100/minute",
+    )
+    server.start()
+    try:
+        yield server
+    finally:
+        if server.proc is not None and server.proc.poll() is None:
+            try:
+                server.signal(signal.SIGTERM, timeout=15)
+            except AssertionError:
+                server.kill()
+        server.kill()
+
+
+@pytest.fixture
+def browser() -> Iterator[Any]:
+    with playwright_sync.sync_playwright() as pw:
+        chromium = pw.chromium.launch(
+            executable_path=str(CHROMIUM) if CHROMIUM else None,
+            args=CHROMIUM_ARGS,
+            headless=True,
+        )
+        try:
+            yield chromium
+        finally:
+            chromium.close()
+
+
+class Shots:
+    """Numbered screenshots of one test under tests/artifacts/."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.n = 0
+        ARTIFACTS.mkdir(exist_ok=True)
+        for old in ARTIFACTS.glob(f"{name}-*.png"):
+            old.unlink()
+
+    def __call__(self, page: Any, step: str) -> Path:
+        self.n += 1
+        path = ARTIFACTS / f"{self.name}-{self.n:02d}-{step}.png"
+        page.screenshot(path=str(path), full_page=False)
+        return path
+
+
+def new_page(browser: Any, **options: Any) -> tuple[Any, Any]:
+    context = browser.new_context(locale="en-US", **options)
+    page = context.new_page()
+    page.set_default_timeout(WAIT_MS)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.errors = errors
+    return context, page
+
+
+def login(page: Any, base: str, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> None:
+    page.goto(base + "/")
+    page.get_by_label("E-mail").fill(email)
+    page.get_by_label("Password").fill(password)
+    page.get_by_role("button", name="Sign in").click()
+    expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+
+
+def token_for(base: str, email: str = ADMIN_EMAIL, password: str = ADMIN_PASSWORD) -> str:
+    resp = requests.post(
+        f"{base}/api/v1/auth/login", json={"email": email, "password": password}, timeout=10
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["access_token"])
+
+
+def api(base: str, token: str, method: str, path: str, **kwargs: Any) -> Any:
+    resp = requests.request(
+        method,
+        f"{base}{path}",
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=10,
+        **kwargs,
+    )
+    assert resp.status_code < 300, f"{method} {path}: {resp.status_code} {resp.text}"
+    return resp.json() if resp.content else None
+
+
+def until(check: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")
+
+
+def phone_of(server: Server, session_id: int) -> Phone:
+    return Phone(FakeWhatsApp(server.data_dir / "fake-wa"), session_id)
+
+
+def text(body: str, sender: str = CUSTOMER, name: str = "Ana Souza") -> SimMessage:
+    return SimMessage.model_validate(
+        {"type": "text", "from": sender, "push_name": name, "text": body}
+    )
+
+
+def linked_account(server: Server, token: str, name: str = "Support") -> tuple[int, Phone]:
+    """An account added and scanned through the API (for the tests that are not about it)."""
+    sid = int(api(server.base, token, "POST", "/api/v1/sessions", json={"name": name})["id"])
+    phone = phone_of(server, sid)
+    until(phone.current_qr, "a QR code to scan")
+    phone.scan()
+    until(
+        lambda: api(server.base, token, "GET", f"/api/v1/sessions/{sid}")["state"] == "connected",
+        "the account to connect",
+    )
+    return sid, phone
+
+
+def png(width: int, height: int, rgb: tuple[int, int, int]) -> bytes:
+    """A real (decodable) PNG of one colour with a darker diagonal, made without a library."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    dark = bytes(c // 2 for c in rgb)
+    rows = b"".join(
+        b"\x00" + b"".join(dark if abs(x - y) < 6 else bytes(rgb) for x in range(width))
+        for y in range(height)
+    )
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows))
+        + chunk(b"IEND", b"")
+    )
+
+
+def sent_texts(phone: Phone) -> str:
+    return "\n".join(json.dumps(item, ensure_ascii=False) for item in phone.sent())
+
+
+def no_horizontal_scroll(page: Any) -> bool:
+    return bool(page.evaluate("document.documentElement.scrollWidth <= window.innerWidth + 1"))
+
+
+# -- the journey --------------------------------------------------------------------------------
+
+
+@pytest.mark.timeout(300)
+def test_a_new_operator_links_an_account_and_chats(gateway: Server, browser: Any) -> None:
+    shot = Shots("journey")
+    base = gateway.base
+    context, page = new_page(browser, viewport={"width": 1280, "height": 800})
+    other_context = None
+    try:
+        # Log in.
+        page.goto(base + "/")
+        expect(page.get_by_role("heading", name="wagate")).to_be_visible()
+        shot(page, "login")
+        login(page, base)
+        expect(page.get_by_text("Pick a conversation.")).to_be_visible()
+        shot(page, "inbox-empty")
+
+        # Add an account: its QR code shows, large, and is replaced on rotation.
+        page.get_by_role("link", name="Accounts").click()
+        page.get_by_label("Account name").fill("Support")
+        page.get_by_role("button", name="Add account").click()
+        qr = page.locator("#qr-image")
+        expect(qr).to_be_visible()
+        expect(qr).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+        first_qr = qr.get_attribute("src")
+        box = qr.bounding_box()
+        assert box is not None
+        assert box["width"] >= 250, "the QR code is shown large"
+        expect(page.locator("#qr-countdown")).to_contain_text("Expires in")
+        shot(page, "qr")
+        expect(qr).not_to_have_attribute("src", first_qr or "")
+        expect(qr).to_have_attribute("src", re.compile(r"^data:image/png;base64,"))
+        shot(page, "qr-rotated")
+
+        # The phone scans it: the badge turns connected.
+        sid = int(page.locator("section.pairing").get_attribute("data-session-id") or 0)
+        phone = phone_of(gateway, sid)
+        phone.scan(phone="+5215599999999", push_name="Support phone")
+        expect(page.get_by_text("“Support” is linked.")).to_be_visible()
+        card = page.locator(f"li.account[data-session-id='{sid}']")
+        expect(card.locator(".badge")).to_have_attribute("data-state", "connected")
+        expect(card.locator(".badge")).to_have_text("Connected")
+        expect(card.locator(".phone")).to_have_text("+5215599999999")
+        shot(page, "connected")
+
+        # An inbound message appears in the list, then in the open thread, without reload.
+        page.get_by_role("link", name="Inbox").click()
+        phone.send(text("Hola, necesito ayuda con mi pedido"))
+        conv = page.locator("li.conv").filter(has_text="Ana Souza")
+        expect(conv).to_contain_text("Hola, necesito ayuda con mi pedido")
+        expect(conv.locator(".unread")).to_have_text("1")
+        shot(page, "inbound-in-list")
+        conv.get_by_role("button").click()
+        thread = page.locator("#messages")
+        expect(thread.locator(".msg.in")).to_contain_text("Hola, necesito ayuda con mi pedido")
+        phone.send(text("Es el pedido 4711"))
+        expect(thread.locator(".msg.in").last).to_contain_text("Es el pedido 4711")
+        shot(page, "inbound-in-thread")
+
+        # Reply from the composer: the phone receives it; the ticks advance to read.
+        page.get_by_role("textbox", name="Message").fill("Claro, lo reviso ahora")
+        page.get_by_role("button", name="Send").click()
+        mine = thread.locator(".msg.out").filter(has_text="Claro, lo reviso ahora")
+        expect(mine).to_be_visible()
+        until(lambda: "Claro, lo reviso ahora" in sent_texts(phone), "the phone to receive it")
+        expect(mine).to_have_attribute("data-status", "sent")
+        wa_id = next(
+            item["id"] for item in phone.sent() if "Claro, lo reviso ahora" in json.dumps(item)
+        )
+        phone.receipt(
+            SimReceipt.model_validate({"ids": [wa_id], "status": "delivered", "from": CUSTOMER})
+        )
+        expect(mine).to_have_attribute("data-status", "delivered")
+        phone.receipt(
+            SimReceipt.model_validate({"ids": [wa_id], "status": "read", "from": CUSTOMER})
+        )
+        expect(mine).to_have_attribute("data-status", "read")
+        expect(mine.locator(".ticks")).to_have_attribute("aria-label", "Read")
+        shot(page, "reply-read")
+
+        # Send an image: its preview shows (fetched with the token into a blob URL).
+        page.locator("#composer-file").set_input_files(
+            files=[
+                {
+                    "name": "photo.png",
+                    "mimeType": "image/png",
+                    "buffer": png(240, 160, (40, 150, 110)),
+                }
+            ]
+        )
+        expect(page.locator(".file-chip")).to_contain_text("photo.png")
+        page.get_by_role("button", name="Send").click()
+        image = thread.locator(".msg.out[data-type='image'] img")
+        expect(image).to_have_attribute("src", re.compile(r"^blob:"))
+        until(lambda: '"media": "image"' in sent_texts(phone), "the phone to receive the image")
+        until(
+            lambda: image.evaluate("img => img.complete && img.naturalWidth > 0"),
+            "the preview to decode",
+        )
+        shot(page, "image-sent")
+
+        expect(conv.locator(".conv-preview")).to_have_text("You: Photo")
+        expect(conv.locator(".unread")).to_have_count(0)  # read while it was open
+        # AI on for this chat: the marker shows in the list.
+        page.get_by_role("switch", name="AI").check()
+        expect(conv.locator(".marker.ai")).to_be_visible()
+        shot(page, "ai-on")
+
+        # A second operator, logged in at the same time, sees none of it.
+        api(
+            base,
+            token_for(base),
+            "POST",
+            "/api/v1/users",
+            json={"email": "second@example.com", "password": "second-password-1"},
+        )
+        other_context, other = new_page(browser, viewport={"width": 1280, "height": 800})
+        login(other, base, "second@example.com", "second-password-1")
+        expect(other.get_by_text("No conversations.")).to_be_visible()
+        phone.send(text("Sigo esperando"))
+        expect(thread.locator(".msg.in").last).to_contain_text("Sigo esperando")
+        other.wait_for_timeout(500)
+        expect(other.locator("li.conv")).to_have_count(0)
+        other.get_by_role("link", name="Accounts").click()
+        expect(other.get_by_text("No accounts yet.")).to_be_visible()
+        expect(other.locator("li.account")).to_have_count(0)
+        shot(other, "second-operator")
+        assert not page.errors, page.errors
+        assert not other.errors, other.errors
+    finally:
+        if other_context is not None:
+            other_context.close()
+        context.close()
+
+
+# -- the other paths ----------------------------------------------------------------------------
+
+
+def test_a_wrong_password_is_shown_inline(gateway: Server, browser: Any) -> None:
+    shot = Shots("login-error")
+    context, page = new_page(browser)
+    try:
+        page.goto(gateway.base + "/")
+        page.get_by_label("E-mail").fill(ADMIN_EMAIL)
+        page.get_by_label("Password").fill("not-the-password")
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("alert")).to_have_text("Wrong e-mail or password.")
+        expect(page.get_by_role("navigation", name="Main")).to_have_count(0)
+        assert page.evaluate("sessionStorage.getItem('wagate.token')") is None
+        shot(page, "wrong-password")
+
+        page.get_by_label("Password").fill(ADMIN_PASSWORD)
+        page.get_by_role("button", name="Sign in").click()
+        expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        page.reload()  # the token survives a reload (sessionStorage)...
+        expect(page.get_by_role("navigation", name="Main")).to_be_visible()
+        page.get_by_role("button", name="Log out").click()  # ...and logging out forgets it
+        expect(page.get_by_role("button", name="Sign in")).to_be_visible()
+        assert page.evaluate("sessionStorage.getItem('wagate.token')") is None
+    finally:
+        context.close()
+
+
+@pytest.mark.timeout(180)
+def test_an_expired_qr_offers_to_try_again(gateway: Server, browser: Any) -> None:
+    shot = Shots("qr-expiry")
+    context, page = new_page(browser)
+    try:
+        login(page, gateway.base)
+        page.get_by_role("link", name="Accounts").click()
+        page.get_by_label("Account name").fill("Sales")
+        page.get_by_role("button", name="Add account").click()
+        expect(page.locator("#qr-image")).to_be_visible()
+        # Nobody scans: 4 s + 2 x 2 s later the pairing window closes.
+        retry = page.get_by_role("button", name="Try again")
+        expect(retry).to_be_visible(timeout=30_000)
+        expect(page.get_by_role("alert")).to_contain_text("expired")
+        expect(page.locator("#qr-image")).to_be_hidden()
+        expect(page.locator("li.account .badge")).to_have_attribute("data-state", "qr_expired")
+        shot(page, "expired")
+        retry.click()
+        expect(page.locator("#qr-image")).to_be_visible()
+        expect(page.locator("#qr-countdown")).to_contain_text("Expires in")
+        shot(page, "retried")
+        # Linking by phone number instead shows the 8-character code.
+        page.get_by_role("button", name="Link with phone number instead").click()
+        page.get_by_label("Phone number with country code").fill("+5215512345678")
+        page.get_by_role("button", name="Get code").click()
+        expect(page.locator("#pair-code")).to_have_text(re.compile(r"^[A-Z0-9]{4}-[A-Z0-9]{4}$"))
+        shot(page, "pair-code")
+    finally:
+        context.close()
+
+
+@pytest.mark.timeout(240)
+def test_a_lost_connection_shows_a_banner_and_catches_up(gateway: Server, browser: Any) -> None:
+    shot = Shots("reconnect")
+    token = token_for(gateway.base)
+    sid, phone = linked_account(gateway, token)
+    phone.send(text("antes del corte"))
+    context, page = new_page(browser, viewport={"width": 1280, "height": 800})
+    try:
+        login(page, gateway.base)
+        conv = page.locator("li.conv").filter(has_text="Ana Souza")
+        expect(conv).to_contain_text("antes del corte")
+        conv.get_by_role("button").click()
+        expect(page.locator("#messages .msg.in")).to_contain_text("antes del corte")
+        banner = page.locator("#banner")
+        expect(banner).to_be_hidden()
+
+        code, _, _ = gateway.signal(signal.SIGTERM, timeout=20)
+        assert code == 0
+        expect(banner).to_be_visible()
+        expect(banner).to_contain_text("Connection lost")
+        shot(page, "banner")
+        # While the gateway is down the phone keeps talking; it is all there after the restart.
+        phone.send(text("escrito durante el corte"))
+        gateway.stdout.clear()
+        gateway.start()
+        expect(banner).to_be_hidden(timeout=30_000)
+        expect(page.locator("#messages .msg.in").last).to_contain_text(
+            "escrito durante el corte", timeout=30_000
+        )
+        expect(conv).to_contain_text("escrito durante el corte")
+        phone.send(text("y después"))
+        expect(page.locator("#messages .msg.in").last).to_contain_text("y después")
+        shot(page, "caught-up")
+        assert sid
+    finally:
+        context.close()
+
+
+def test_the_inbox_fits_a_390_px_phone(gateway: Server, browser: Any) -> None:
+    shot = Shots("phone")
+    token = token_for(gateway.base)
+    _, phone = linked_account(gateway, token)
+    phone.send(
+        text("Buenos días, ¿tienen envío a Monterrey? " * 3),
+        SimMessage.model_validate(
+            {
+                "type": "location",
+                "from": CUSTOMER,
+                "lat": 25.6866,
+                "lng": -100.3161,
+                "name": "Oficina",
+            }
+        ),
+        SimMessage.model_validate(
+            {
+                "type": "image",
+                "from": CUSTOMER,
+                "caption": "así llegó",
+                "data_b64": base64.b64encode(png(200, 140, (200, 120, 40))).decode(),
+            }
+        ),
+    )
+    context, page = new_page(
+        browser, viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True
+    )
+    try:
+        login(page, gateway.base)
+        conv = page.locator("li.conv").first
+        expect(conv).to_be_visible()
+        assert no_horizontal_scroll(page)
+        shot(page, "list")
+        conv.get_by_role("button").click()
+        expect(page.locator("li.conv")).to_be_hidden()  # one pane at a time
+        thread = page.locator("#messages")
+        expect(thread.locator(".msg[data-type='image'] img")).to_have_attribute(
+            "src", re.compile(r"^blob:")
+        )
+        expect(thread.locator(".msg[data-type='location'] a")).to_have_text("Oficina")
+        expect(page.get_by_role("textbox", name="Message")).to_be_visible()
+        assert no_horizontal_scroll(page)
+        shot(page, "thread")
+        page.get_by_role("button", name="Back to conversations").click()
+        expect(conv).to_be_visible()
+        page.get_by_role("link", name="Accounts").click()
+        expect(page.locator("li.account .badge")).to_have_text("Connected")
+        assert no_horizontal_scroll(page)
+        shot(page, "accounts")
+        page.get_by_role("link", name="Settings").click()
+        expect(page.get_by_role("heading", name="Jira")).to_contain_text("coming")
+        shot(page, "settings")
+        assert not page.errors, page.errors
+    finally:
+        context.close()
