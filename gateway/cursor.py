@@ -23,6 +23,12 @@ def decode_cursor(cursor: str) -> tuple[datetime, int]:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
         at, _, item_id = raw.partition("|")
         when = datetime.fromisoformat(at) if at != _NONE else NO_TIME
-        return when, int(item_id)
-    except (ValueError, binascii.Error, UnicodeDecodeError) as exc:
+        if when.tzinfo is None:
+            raise ValueError("cursor time without a zone")
+        when = when.astimezone(UTC)
+        number = int(item_id)
+        if not 0 < number < 2**63:
+            raise ValueError("cursor id out of range")
+        return when, number
+    except (ValueError, OverflowError, binascii.Error, UnicodeDecodeError) as exc:
         raise ApiError(400, "invalid cursor", code="validation_error") from exc

@@ -13,9 +13,10 @@ otherwise), enforces the role, and serializes the returned model. The same decla
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import wraps
 from typing import Any, Literal
 
@@ -47,7 +48,6 @@ class RouteSpec:
     operation_id: str
     form: type[BaseModel] | None = None  # documents a multipart/form-data alternative
     description: str = ""
-    extra_responses: dict[int, str] = field(default_factory=dict)
 
     @property
     def path_params(self) -> list[str]:
@@ -61,6 +61,49 @@ def validation_details(exc: ValidationError) -> list[dict[str, Any]]:
     ]
 
 
+INT64_MAX = 2**63 - 1
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def unstorable(value: Any, loc: tuple[str, ...] = ()) -> tuple[tuple[str, ...], str] | None:
+    """The first value PostgreSQL can not take (a NUL in text, an integer beyond 64 bits, a
+    non-finite float), with where it is; None when all is well."""
+    if isinstance(value, str):
+        return (loc, "text may not contain the NUL character") if "\x00" in value else None
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return (loc, "integer out of range") if abs(value) > INT64_MAX else None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else (loc, "number must be finite")
+    if isinstance(value, dict):
+        items: Any = value.items()
+    elif isinstance(value, list | tuple):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = unstorable(item, (*loc, str(key)))
+        if found is not None:
+            return found
+    return None
+
+
+def check_storable(data: Any, where: str) -> None:
+    found = unstorable(data)
+    if found is not None:
+        loc, msg = found
+        raise ApiError(
+            400,
+            f"the {where} is invalid",
+            code="validation_error",
+            details=[{"loc": list(loc), "msg": msg, "type": "value_error"}],
+        )
+
+
 async def read_json(request: web.Request) -> Any:
     limit = max_body_bytes(request.app[SETTINGS])
     if request.content_length and request.content_length > limit:
@@ -69,14 +112,17 @@ async def read_json(request: web.Request) -> Any:
     if not raw:
         raise ApiError(400, "a JSON body is required", code="invalid_json")
     try:
-        return json.loads(raw)
+        return json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as exc:
         raise ApiError(400, f"the body is not valid JSON: {exc}", code="invalid_json") from exc
 
 
 def parse_model(model: type[BaseModel], data: Any, where: str) -> BaseModel:
+    check_storable(data, where)
     try:
-        return model.model_validate(data)
+        parsed = model.model_validate(data)
+        check_storable(parsed.model_dump(), where)
+        return parsed
     except ValidationError as exc:
         raise ApiError(
             400,

@@ -325,7 +325,12 @@ class FakeClient:
         while not self._stop.is_set():
             items, offset = self.server.read_inbox(self.key, after, offset)
             for item in items:
-                ended = await self._deliver(item, device)
+                try:
+                    ended = await self._deliver(item, device)
+                except (ValueError, TypeError, KeyError) as exc:
+                    # WhatsApp's servers would never hand this over: skip it, do not jam.
+                    log.error("fake WhatsApp: item %s can not be delivered: %s", item["n"], exc)
+                    ended = False
                 after = item["n"]
                 if ended:
                     self.server.ack(self.key, after)

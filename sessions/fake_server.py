@@ -328,7 +328,7 @@ class SimMessage(BaseModel):
     address: str | None = None
     contacts: list[tuple[str, str]] | None = None
     options: list[str] | None = None
-    selectable: int | None = None
+    selectable: int | None = Field(default=None, ge=0, le=1000)
     target_id: str | None = None
     target_from_me: bool | None = None
     emoji: str | None = None
@@ -337,7 +337,7 @@ class SimMessage(BaseModel):
     quoted_text: str | None = None
     view_once: bool = False
     ephemeral: bool = False
-    ts: int | None = Field(default=None, description="Milliseconds since the epoch")
+    ts: int | None = Field(default=None, ge=0, le=2**53, description="Milliseconds since the epoch")
     lid_only: bool = Field(
         default=False, description="With lid: WhatsApp gives no phone number beside the LID"
     )
@@ -393,7 +393,7 @@ class SimHistoryConversation(BaseModel):
 class SimHistory(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    chunk_order: int = 1
+    chunk_order: int = Field(default=1, ge=0, le=2**31 - 1)
     progress: int = Field(default=100, ge=0, le=100)
     conversations: list[SimHistoryConversation] = Field(default_factory=list)
 

@@ -24,6 +24,15 @@ from sessions.store import Changes, StoreOptions, store_events
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 500
+# Errors that retrying the same data can never fix (bad values, broken constraints, our bugs);
+# anything else (connections, timeouts) is retried as it is.
+POISON = (
+    asyncpg.DataError,
+    asyncpg.IntegrityConstraintViolationError,
+    ValueError,
+    TypeError,
+    KeyError,
+)
 
 
 class AckTracker:
@@ -82,6 +91,7 @@ class SessionIngest:
             loop.create_task(self._run(self._history, 1), context=context),
         ]
         self.stored = 0
+        self.dropped = 0
 
     def put(self, frame: ipc.EventFrame) -> None:
         self._tracker.arrived(frame.seq)
@@ -95,6 +105,23 @@ class SessionIngest:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    async def _one_by_one(self, batch: list[ipc.EventFrame]) -> Changes:
+        changes = Changes()
+        for frame in batch:
+            try:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    await store_events(conn, self.session_id, frame.events, changes, self._options)
+            except POISON as exc:
+                self.dropped += 1
+                log.error(
+                    "session %s: event %s set aside, it can not be stored: %s; events: %s",
+                    self.session_id,
+                    frame.seq,
+                    exc,
+                    [ev.model_dump_json()[:500] for ev in frame.events],
+                )
+        return changes
 
     async def _run(self, queue: asyncio.Queue[ipc.EventFrame], max_batch: int) -> None:
         backoff = Backoff(base=0.2, cap=5.0)
@@ -116,6 +143,13 @@ class SessionIngest:
                     break
                 except asyncio.CancelledError:
                     raise
+                except POISON as exc:
+                    # Something in this batch can never be stored: store the frames one by one
+                    # and set aside only the ones that fail, so one bad event can not stop a
+                    # session's storage for good.
+                    log.error("session %s: a batch can not be stored (%s)", self.session_id, exc)
+                    changes = await self._one_by_one(batch)
+                    break
                 except Exception as exc:
                     # Nothing was acknowledged: the worker keeps these spooled. Retry here.
                     delay = backoff.next_delay()

@@ -23,7 +23,7 @@ _HEADER = struct.Struct(">I")
 
 
 class _Msg(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", ser_json_inf_nan="constants")
 
 
 # -- commands: what the supervisor asks a worker's session to do ------------------------------

@@ -12,6 +12,7 @@ as soon as a message, a history mapping or a lookup tells us the number.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -293,7 +294,19 @@ def _raw(msg: events.WaMessage) -> dict[str, Any] | None:
         extra["target_id"] = msg.target_id
     if not msg.raw and not extra:
         return None
-    return {"message": msg.raw, "wagate": extra} if extra else {"message": msg.raw}
+    raw = {"message": msg.raw, "wagate": extra} if extra else {"message": msg.raw}
+    return dict(_finite(raw))
+
+
+def _finite(value: Any) -> Any:
+    """JSON (and so jsonb) has no NaN or infinity: such numbers are kept as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
 
 
 async def _interaction(

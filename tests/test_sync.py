@@ -593,3 +593,23 @@ async def test_contacts_get_their_profile_picture(settings: Settings, sid: int, 
     assert contact["push_name"] == "Alice"
     assert contact["photo_url"].endswith("5215512345678.jpg")
     assert contact["contact_photo_url"] == contact["photo_url"]
+
+
+async def test_a_nul_character_from_whatsapp_is_dropped_and_storage_goes_on(
+    settings: Settings, sid: int, db: Db
+) -> None:
+    odd = send(settings, sid, text="a\x00b", push_name="Eve\x00")
+    after = send(settings, sid, text="next")
+    row = await db.message(sid, odd)
+    assert row["text_content"] == "ab"
+    assert row["sender_name"] == "Eve"
+    assert (await db.message(sid, after))["text_content"] == "next"
+
+
+async def test_a_location_without_finite_coordinates_does_not_jam_the_session(
+    settings: Settings, sid: int, db: Db
+) -> None:
+    odd = send(settings, sid, type="location", lat=float("nan"), lng=float("inf"))
+    after = send(settings, sid, text="still flowing")
+    assert (await db.message(sid, after))["text_content"] == "still flowing"
+    assert (await db.message(sid, odd))["message_type"] == "location"

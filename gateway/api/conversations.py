@@ -8,6 +8,7 @@ from datetime import datetime
 
 import structlog
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import HttpProcessingError
 from pydantic import BaseModel, Field
 
 from db import conversations, messages
@@ -236,26 +237,31 @@ async def read_upload(request: web.Request) -> tuple[StoredMedia, str | None, st
     """The multipart upload, stored in the media directory: (media, file name, caption)."""
     settings = request.app[SETTINGS]
     limit = int(settings.media_max_mb * 1024 * 1024)
-    reader = await request.multipart()
-    data: bytearray | None = None
-    filename: str | None = None
-    declared: str | None = None
-    caption = ""
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            raise ApiError(400, "nested multipart is not supported", code="bad_upload")
-        if part.name == "file":
-            filename = part.filename
-            declared = part.headers.get("Content-Type")
-            data = bytearray()
-            while chunk := await part.read_chunk(64 * 1024):
-                data.extend(chunk)
-                if len(data) > limit:
-                    raise ApiError(413, f"the file is larger than {settings.media_max_mb:g} MB")
-        elif part.name == "text":
-            caption = (await part.text())[:4096]
-        else:
-            await part.release()
+    try:
+        reader = await request.multipart()
+        data: bytearray | None = None
+        filename: str | None = None
+        declared: str | None = None
+        caption = ""
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                raise ApiError(400, "nested multipart is not supported", code="bad_upload")
+            if part.name == "file":
+                filename = part.filename
+                declared = part.headers.get("Content-Type")
+                data = bytearray()
+                while chunk := await part.read_chunk(64 * 1024):
+                    data.extend(chunk)
+                    if len(data) > limit:
+                        raise ApiError(413, f"the file is larger than {settings.media_max_mb:g} MB")
+            elif part.name == "text":
+                caption = (await part.text())[:4096]
+            else:
+                await part.release()
+    except (ValueError, HttpProcessingError) as exc:
+        raise ApiError(400, f"malformed multipart body: {exc}", code="bad_upload") from exc
+    filename = filename.replace("\x00", "") if filename else filename
+    caption = caption.replace("\x00", "")
     if not data:
         raise ApiError(400, "a non-empty `file` part is required", code="bad_upload")
     if not allowed(sniff(bytes(data[:8192]), None)):

@@ -49,9 +49,10 @@ async def check_database(app: web.Application) -> str | None:
 @router.get(
     "/readyz",
     summary="Readiness: database reachable, migrations current, components running",
+    description="200 when ready; 503 with the same body (status `not_ready`, and what is "
+    "wrong in `checks`) otherwise.",
     response=Readiness,
     auth="public",
-    errors=(503,),
 )
 async def readyz(request: web.Request) -> web.Response:
     checks: dict[str, str] = {}

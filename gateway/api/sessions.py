@@ -302,7 +302,7 @@ async def compat_qr(request: web.Request) -> CompatQr:
     supervisor = request.app[SUPERVISOR]
     wanted = request.query.get("sessionId")
     if wanted is not None:
-        if not wanted.isdigit():
+        if not wanted.isdigit() or len(wanted) > 18:
             raise NotFound("session")
         session = await owned_session(request, user, int(wanted))
     else:
