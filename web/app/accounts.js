@@ -20,13 +20,15 @@ const STATE_TONE = {
   failed: "bad",
 };
 
-// What live events told us beyond GET /sessions (next_attempt_at is only on session-state).
+// The latest next-attempt time of each session: from GET /sessions, refreshed by live events.
 const nextAttempt = new Map();
 
 export function stateText(session) {
   const state = session.state;
   if (state === "reconnecting") {
-    const at = nextAttempt.get(session.id);
+    const live = nextAttempt.get(session.id);
+    const loaded = session.next_attempt_at;
+    const at = live && (!loaded || new Date(live) > new Date(loaded)) ? live : loaded;
     return at ? t("state.reconnecting_at", { time: formatDateTime(at) }) : t("state.reconnecting");
   }
   if (state === "banned" && session.banned_until) {
