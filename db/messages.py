@@ -269,10 +269,17 @@ JOIN sessions s ON s.id = m.session_id
 JOIN conversations c ON c.id = m.conversation_id
 WHERE m.id = $1
 """
-_PAGE = f"""
+# Two statements, not one with "cursor IS NULL OR ...": the row comparison must stay a plain
+# range on (conversation_id, sent_at, id) for the index to start at the cursor.
+_PAGE_NEWEST = f"""
 SELECT {MESSAGE_COLUMNS} FROM messages m
 WHERE m.conversation_id = $1
-  AND ($2::timestamptz IS NULL OR (m.sent_at, m.id) < ($2, $3))
+ORDER BY m.sent_at DESC, m.id DESC
+LIMIT $2
+"""
+_PAGE_BEFORE = f"""
+SELECT {MESSAGE_COLUMNS} FROM messages m
+WHERE m.conversation_id = $1 AND (m.sent_at, m.id) < ($2, $3)
 ORDER BY m.sent_at DESC, m.id DESC
 LIMIT $4
 """
@@ -355,13 +362,12 @@ async def page(
             _PAGE_AFTER, conversation_id, anchor["sent_at"], anchor["id"], limit
         )
         return [dict(r) for r in rows]
-    at, at_id = None, None
-    if before is not None:
-        anchor = await conn.fetchrow(_POSITION, before, conversation_id)
-        if anchor is None:
-            return None
-        at, at_id = anchor["sent_at"], anchor["id"]
-    rows = await conn.fetch(_PAGE, conversation_id, at, at_id, limit)
+    if before is None:
+        return [dict(r) for r in await conn.fetch(_PAGE_NEWEST, conversation_id, limit)]
+    anchor = await conn.fetchrow(_POSITION, before, conversation_id)
+    if anchor is None:
+        return None
+    rows = await conn.fetch(_PAGE_BEFORE, conversation_id, anchor["sent_at"], anchor["id"], limit)
     return [dict(r) for r in rows]
 
 
