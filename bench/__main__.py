@@ -24,7 +24,13 @@ from pathlib import Path
 
 from bench import machine
 
-BENCHMARKS = ("session_memory", "history_import", "live_ingest")
+BENCHMARKS = (
+    "session_memory",
+    "history_import",
+    "live_ingest",
+    "api_read",
+    "realtime_fanout",
+)
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"
 
