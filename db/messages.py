@@ -371,24 +371,30 @@ async def page(
     return [dict(r) for r in rows]
 
 
+# Newest matches first: the newest rows are found without ranking every match, which a
+# frequent word (a tenth of all messages) makes costly; the rank of the page is computed after.
 _SEARCH = f"""
-SELECT {MESSAGE_COLUMNS}, c.contact_name, c.external_id,
-       ts_rank(wagate_search_vector(m.text_content), wagate_search_query($2)) AS rank
-FROM messages m
-JOIN sessions s ON s.id = m.session_id
-JOIN conversations c ON c.id = m.conversation_id
-WHERE ($1::bigint IS NULL OR s.owner_id = $1)
-  AND ($3::bigint IS NULL OR m.session_id = $3)
-  AND m.text_content IS NOT NULL
-  AND wagate_search_vector(m.text_content) @@ wagate_search_query($2)
-  AND m.revoked_at IS NULL
-ORDER BY rank DESC, m.sent_at DESC, m.id DESC
-LIMIT $4
+SELECT hit.*, ts_rank(wagate_search_vector(hit.text_content), wagate_search_query($2)) AS rank
+FROM (
+    SELECT {MESSAGE_COLUMNS}, c.contact_name, c.external_id
+    FROM messages m
+    JOIN sessions s ON s.id = m.session_id
+    JOIN conversations c ON c.id = m.conversation_id
+    WHERE ($1::bigint IS NULL OR s.owner_id = $1)
+      AND ($3::bigint IS NULL OR m.session_id = $3)
+      AND m.text_content IS NOT NULL
+      AND wagate_search_vector(m.text_content) @@ wagate_search_query($2)
+      AND m.revoked_at IS NULL
+    ORDER BY m.sent_at DESC, m.id DESC
+    LIMIT $4
+) hit
+ORDER BY hit.sent_at DESC, hit.id DESC
 """
 
 
 async def search(
     conn: Executor, owner_id: int | None, q: str, *, session_id: int | None, limit: int
 ) -> list[dict[str, Any]]:
-    """Messages matching `q` (English, Spanish and Portuguese stemming), best first."""
+    """Messages matching `q` (English, Spanish and Portuguese stemming), newest first, each
+    with its relevance rank."""
     return [dict(r) for r in await conn.fetch(_SEARCH, owner_id, q, session_id, limit)]

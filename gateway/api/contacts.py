@@ -84,7 +84,7 @@ class SearchResult(BaseModel):
 
 @router.get(
     "/api/v1/search",
-    summary="Full-text search over your messages (English, Spanish and Portuguese)",
+    summary="Full-text search over your messages (English, Spanish and Portuguese), newest first",
     query=SearchQuery,
     response=SearchResult,
 )
