@@ -24,18 +24,21 @@ so their share of the latency is visible.
 
 The client process calls `gc.freeze()` once its sockets are connected: it stands for 500
 browsers, and a full garbage collection of its 1,000 client objects stops it for about 100 ms,
-a pause no real client has. The gateway's process is left as it is (its collections are real);
-both processes record every full collection's pause.
+a pause no real client has. The servers' heaps are left as they are in the main phases (their
+collections are real); every process records each full collection's pause.
 
 Baseline in the same run, with the same client process: a bare python-socketio `AsyncServer`
 on a plain aiohttp application, in a process of its own (so neither server's heap and
 collections weigh on the other), each socket put in its operator's room at connect from a
 token -> user table in memory, and the same events, emitted directly to that room at the same
 rate by the same publishing loop: no event log, no bus, no forwarder. The phases alternate
-(app, bare, app, bare) so drift on this shared machine falls on both.
+(see below) so drift on this shared machine falls on all of them.
 
-`WAGATE_BENCH_GC_FREEZE=1` makes both servers call `gc.freeze()` once the clients are connected
-(an experiment: what freezing the gateway's start-up heap would do to the tail).
+A full collection of the gateway's heap (every object the application, its libraries and its
+500 server-side sockets hold) takes 65-90 ms on this machine, and at this rate one comes every
+few seconds. So each round also runs both servers with their heap frozen (`gc.freeze()`
+just before the phase, `gc.unfreeze()` after): what a gateway that freezes its heap once it has
+started would see. The four phases of a round: app, bare, app frozen, bare frozen.
 """
 
 from __future__ import annotations
@@ -72,6 +75,13 @@ from gateway.realtime import REALTIME
 from gateway.settings import Settings
 
 TARGET_P99_MS = 100.0
+KINDS = ("app", "bare", "app-frozen", "bare-frozen")
+LABELS = {
+    "app": "wagate (bus + event log + forwarder)",
+    "bare": "bare python-socketio",
+    "app-frozen": "wagate, heap frozen (gc.freeze)",
+    "bare-frozen": "bare, heap frozen (gc.freeze)",
+}
 REPO = Path(__file__).resolve().parent.parent
 EVENT = "message-new"
 
@@ -341,14 +351,13 @@ async def bare_main_async() -> None:
         command = (await asyncio.to_thread(sys.stdin.readline)).split()
         if not command or command[0] == "EXIT":
             break
-        if command[0] == "FREEZE":
-            gc.freeze()
-            print("FROZEN", flush=True)
-            continue
-        _, name, seconds = command
+        _, name, seconds, frozen = command
         lag.phase = name
         cpu0 = time.process_time()
+        if frozen == "1":
+            gc.freeze()
         done = await drive(name, scale, float(seconds), operators, direct)
+        gc.unfreeze()
         done["cpu_s"] = time.process_time() - cpu0
         done["lag"] = lag.samples.get(name, [])
         done["gc2"] = lag.gc_pauses.get(name, [])
@@ -476,7 +485,6 @@ async def _setup_users(url: str, scale: Scale) -> list[tuple[int, int]]:
 async def run_async(args: argparse.Namespace) -> dict[str, Any]:
     configure_logging("kv", "info" if args.verbose else "warning")
     scale = QUICK if args.quick else FULL
-    freeze = os.environ.get("WAGATE_BENCH_GC_FREEZE") == "1"
     log = logging.getLogger("bench.realtime_fanout")
     with tempfile.TemporaryDirectory(prefix="wagate-fanout-") as tmp:
         root = Path(tmp)
@@ -520,10 +528,6 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 ready = (await client.expect("READY", 300)).split()
                 log.info("fanout: %s sockets connected in %s s", ready[0], ready[1])
-                if freeze:
-                    gc.freeze()
-                    await bare.send("FREEZE")
-                    await bare.expect("FROZEN", 30)
                 bus = app[BUS]
 
                 async def via_bus(operator: int, session_id: int, data: dict[str, Any]) -> None:
@@ -533,23 +537,27 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
                 lag.start()
                 lag.phase = "warmup-app"
                 await drive("warmup-app", scale, scale.warmup_s, operators, via_bus)
-                await bare.send(f"RUN warmup-bare {scale.warmup_s}")
+                await bare.send(f"RUN warmup-bare {scale.warmup_s} 0")
                 await bare.expect("DONE", 120)
                 pg_pids = await postgres_pids(url)  # the pool has grown by now
                 phases: list[dict[str, Any]] = []
                 for r in range(scale.rounds):
-                    for kind in ("app", "bare"):
+                    for kind in KINDS:
                         name = f"{kind}-{r + 1}"
-                        if kind == "app":
+                        frozen = kind.endswith("frozen")
+                        if kind.startswith("app"):
                             lag.phase = name
+                            if frozen:
+                                gc.freeze()
                             with Window(None, client, pg_pids) as window:
                                 done = await drive(name, scale, scale.phase_s, operators, via_bus)
+                            gc.unfreeze()
                             done["lag"] = lag.samples.get(name, [])
                             done["gc2"] = lag.gc_pauses.get(name, [])
                             lag.phase = "gap"
                         else:
                             with Window(bare, client, pg_pids) as window:
-                                await bare.send(f"RUN {name} {scale.phase_s}")
+                                await bare.send(f"RUN {name} {scale.phase_s} {int(frozen)}")
                                 done = json.loads(await bare.expect("DONE", 120))
                         phases.append({"name": name, "kind": kind, **done, **window.result})
                         await asyncio.sleep(1.0)
@@ -566,9 +574,7 @@ async def run_async(args: argparse.Namespace) -> dict[str, Any]:
                 await runner.cleanup()
             pg = await server.settings()
             pg["server"] = server.description
-    result = summarize(scale, phases, clients, dropped, pg)
-    result["gc_freeze_servers"] = freeze
-    return result
+    return summarize(scale, phases, clients, dropped, pg)
 
 
 def summarize(
@@ -586,7 +592,7 @@ def summarize(
         "forwarder_dropped": dropped,
         "postgres": pg,
     }
-    for kind in ("app", "bare"):
+    for kind in KINDS:
         mine = [p for p in phases if p["kind"] == kind]
         latencies = [clients["latency"].get(p["name"], {"n": 0}) for p in mine]
         published = sum(sum(p["published"].values()) for p in mine)
@@ -651,20 +657,18 @@ def report(result: dict[str, Any]) -> str:
         "",
         f"{result['sockets_per_server']} sockets per server ({scale['operators']} operators x "
         f"{scale['sockets_per_operator']}), {scale['rate']:.0f} events/s, "
-        f"{scale['rounds']} x {scale['phase_s']:.0f} s per server, alternating. "
+        f"{scale['rounds']} x {scale['phase_s']:.0f} s per server and mode, alternating. "
         f"Events delivered to a foreign operator's socket: {result['foreign_events']}; "
-        f"dropped by the forwarder: {result['forwarder_dropped']}"
-        + ("; servers gc.freeze()d" if result.get("gc_freeze_servers") else "")
-        + ".",
+        f"dropped by the forwarder: {result['forwarder_dropped']}.",
         "",
         "| path | events/s | deliveries / expected | event -> client p50 / p99 / max ms | "
         "publish p99 ms | server full-GC pauses | CPU server / client / PG / others |",
         "| --- | ---: | --- | --- | ---: | --- | --- |",
     ]
-    for kind, label in (("app", "wagate (bus + event log + forwarder)"), ("bare", "bare")):
-        r = result[kind]
+    for kind in KINDS:
+        r, label = result[kind], LABELS[kind]
         ok = ""
-        if kind == "app":
+        if kind.startswith("app"):
             ok = " (meets)" if r["latency_p99_ms"] <= TARGET_P99_MS else " (MISSES)"
         gc2 = r["server_gc2_pauses"]
         pauses = f"{gc2['n']} x {gc2['p50_ms']:.0f} ms" if gc2.get("n") else "none"
