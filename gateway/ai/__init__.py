@@ -1,0 +1,1 @@
+"""The AI responder: knowledge-base and model answers, handoff, and its event-log consumer."""
