@@ -17,14 +17,23 @@ import structlog
 from aiohttp import web
 
 from db import migrate, users
+from db.backup import BackupError
 from db.embedded import EmbeddedPostgres, EmbeddedPostgresError
 from db.migrate import SchemaTooNewError
 from db.pool import DatabaseUnavailableError, connect
+from gateway import backup as backups
 from gateway.app import create_app
 from gateway.bootstrap import BootstrappedAdmin
+from gateway.keys import POOL
 from gateway.logs import configure_logging
 from gateway.security import PasswordService
-from gateway.settings import Settings, settings_table
+from gateway.settings import (
+    ServiceManagerEnv,
+    Settings,
+    settings_table,
+    take_service_manager_env,
+)
+from gateway.systemd import SystemdNotifier, Watchdog, start_watchdog
 
 log = structlog.get_logger("wagate")
 
@@ -37,7 +46,8 @@ class CliError(Exception):
 
 @contextlib.contextmanager
 def data_dir_lock(settings: Settings) -> Iterator[None]:
-    """One `serve` per data directory: two would fight over the embedded PostgreSQL."""
+    """One `serve` per data directory: two would fight over the embedded PostgreSQL and share
+    one node identity in the session leases."""
     settings.ensure_data_dir()
     path = settings.data_dir / SERVE_LOCK
     handle: IO[str] = path.open("a+", encoding="utf-8")
@@ -68,7 +78,10 @@ def announce_admin(admin: BootstrappedAdmin) -> None:
     print("\n".join(lines) + "\n", flush=True)
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings, service: ServiceManagerEnv | None = None) -> None:
+    service = service or ServiceManagerEnv(notify_socket=None)
+    notifier = SystemdNotifier(service.notify_socket)
+    watchdog: Watchdog | None = None
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -77,11 +90,13 @@ async def serve(settings: Settings) -> None:
     app = create_app(settings, announce_admin=announce_admin)
     runner = web.AppRunner(app, access_log=None, shutdown_timeout=2.0, handle_signals=False)
     try:
+        notifier.status("starting: database, migrations, sessions")
         setup = asyncio.ensure_future(runner.setup())
         stopper = asyncio.ensure_future(stop.wait())
         await asyncio.wait({setup, stopper}, return_when=asyncio.FIRST_COMPLETED)
         if not setup.done():
             log.info("stop requested during start-up")
+            notifier.stopping()
             await setup  # let start-up finish so that cleanup sees a consistent state
             stopper.cancel()
             return
@@ -96,9 +111,14 @@ async def serve(settings: Settings) -> None:
         shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host  # noqa: S104
         print(f"wagate is serving on http://{shown}:{port}  (Ctrl-C stops it)", flush=True)
         log.info("serving", host=host, port=port)
+        notifier.ready(f"serving on http://{shown}:{port}")
+        watchdog = start_watchdog(notifier, service, app[POOL])
         await stop.wait()
         log.info("stopping")
+        notifier.stopping()
     finally:
+        if watchdog is not None:
+            await watchdog.stop()
         await runner.cleanup()
         log.info("stopped")
 
@@ -162,7 +182,7 @@ def run_sim(settings: Settings, args: argparse.Namespace) -> None:
         SimReceipt,
     )
 
-    phone = Phone(FakeWhatsApp(settings.data_dir / "fake-wa"), args.session_id)
+    phone = Phone(FakeWhatsApp(settings.shared_path / "fake-wa"), args.session_id)
     try:
         if args.action == "scan":
             phone.scan(phone=args.phone, push_name=args.push_name)
@@ -194,6 +214,30 @@ def run_sim(settings: Settings, args: argparse.Namespace) -> None:
         raise CliError(str(exc)) from exc
 
 
+def run_backup(settings: Settings, path: Path, *, include_media: bool) -> None:
+    target, manifest = backups.backup(settings, path, include_media=include_media)
+    media = (
+        f"{manifest.media_files} media files ({manifest.media_bytes / 1e6:.1f} MB)"
+        if manifest.media_included
+        else f"no media (back up {settings.media_path} yourself)"
+    )
+    print(f"wrote {target}: schema version {manifest.schema_version}, {media}")
+
+
+def run_restore(settings: Settings, path: Path) -> None:
+    report = backups.restore(settings, path)
+    m = report.manifest
+    print(f"restored the database of {m.created_at} (schema version {m.schema_version})")
+    if not m.media_included:
+        print(f"the backup has no media: {settings.media_path} was left as it was")
+    elif report.media_kept_at is not None:
+        print(f"media restored; the previous media directory is kept at {report.media_kept_at}")
+    else:
+        print(f"media restored ({m.media_files} files)")
+    if report.secret_key == "kept":
+        print("the secret key comes from WAGATE_SECRET_KEY: it must be the backed-up one")
+
+
 def print_settings() -> None:
     width = max(len(name) for name, _, _ in settings_table())
     for name, default, description in settings_table():
@@ -210,6 +254,11 @@ def parser() -> argparse.ArgumentParser:
     cu.add_argument("--password", required=True)
     cu.add_argument("--admin", action="store_true", help="make the user an admin")
     sub.add_parser("settings", help="list every WAGATE_* setting with its default")
+    bk = sub.add_parser("backup", help="back up the database, media and secret key to one file")
+    bk.add_argument("path", type=Path, help="file to write, or a directory for a dated file")
+    bk.add_argument("--no-media", action="store_true", help="leave the media directory out")
+    rs = sub.add_parser("restore", help="replace the database and media with a backup's")
+    rs.add_argument("path", type=Path, help="a file written by `run.py backup`")
     sim = sub.add_parser("sim", help="act as the phone of a session (WAGATE_DRIVER=fake)")
     actions = sim.add_subparsers(dest="action", required=True)
     scan = actions.add_parser("scan", help="scan the QR code the session shows")
@@ -254,18 +303,25 @@ def main(argv: list[str] | None = None) -> int:
     configure_logging(settings.log_format, settings.log_level)
     try:
         if command == "serve":
-            lock = (
-                data_dir_lock(settings) if settings.uses_embedded_db else contextlib.nullcontext()
-            )
-            with lock:
-                asyncio.run(serve(settings))
+            with data_dir_lock(settings):
+                asyncio.run(serve(settings, take_service_manager_env()))
         elif command == "migrate":
             asyncio.run(run_migrate(settings))
         elif command == "create-user":
             asyncio.run(run_create_user(settings, args.email, args.password, args.admin))
         elif command == "sim":
             run_sim(settings, args)
-    except (CliError, SchemaTooNewError, DatabaseUnavailableError, EmbeddedPostgresError) as exc:
+        elif command == "backup":
+            run_backup(settings, args.path, include_media=not args.no_media)
+        elif command == "restore":
+            run_restore(settings, args.path)
+    except (
+        CliError,
+        SchemaTooNewError,
+        DatabaseUnavailableError,
+        EmbeddedPostgresError,
+        BackupError,
+    ) as exc:
         print(f"wagate: {exc}", file=sys.stderr)
         return 1
     return 0

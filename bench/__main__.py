@@ -30,6 +30,10 @@ BENCHMARKS = (
     "live_ingest",
     "api_read",
     "realtime_fanout",
+    "cloud_webhook",
+    "webhooks_fanout",
+    "ai_kb",
+    "jira_bridge",
 )
 REPO = Path(__file__).resolve().parent.parent
 RESULTS_DIR = REPO / "bench" / "results"

@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from db.pool import custom_plans
+
 if TYPE_CHECKING:
-    from db import Executor
+    from db import Conn, Executor
+
+# Where chats without any message sort (the same constant as _KEY and the API's cursor).
+_NO_TIME = datetime(1, 1, 1, tzinfo=UTC)
 
 _BY_EXTERNAL = "SELECT id FROM conversations WHERE session_id = $1 AND external_id = $2"
 
@@ -219,30 +224,137 @@ LEFT JOIN LATERAL (
     ORDER BY m.sent_at DESC, m.id DESC LIMIT 1
 ) lm ON true
 """
-_LIST = f"""
+# Conversations without any message sort last, at this constant (the cursor uses it too).
+_KEY = "coalesce({t}.last_message_at, '0001-01-01 00:00:00+00'::timestamptz)"
+_FILTERS = """
+          AND ($3::bool IS NULL OR (c.unread_count > 0) = $3)
+          AND ($4::bool IS NULL OR c.archived = $4)
+          AND ($5::text IS NULL OR $5 = ANY(c.labels))
+          AND ({key}, c.id)
+              < (coalesce($6::timestamptz, 'infinity'::timestamptz), coalesce($7::bigint, 0))
+"""
+_MATCH_NAME = """
+    to_tsvector('simple'::regconfig, coalesce(c.contact_name, ''))
+        @@ websearch_to_tsquery('simple'::regconfig, $9)
+    OR ($10::text IS NOT NULL AND c.wa_user_id LIKE $10 || '%')
+"""
+
+
+def _inbox(candidates: str) -> str:
+    """The page around a set of candidate rows: the newest `$8` of them, then the last message
+    of just those (never of every chat the filters let through)."""
+    key_c, key_p = _KEY.format(t="c"), _KEY.format(t="p")
+    return f"""
+SELECT c.*, lm.*
+FROM (
+    SELECT p.* FROM ({candidates}) p
+    ORDER BY {key_p} DESC, p.id DESC
+    LIMIT $8
+) c
+{_LAST_MESSAGE}
+ORDER BY {key_c} DESC, c.id DESC
+"""
+
+
+def _per_session(where: str) -> str:
+    """Up to `$8` rows of each session in scope, walked down its own inbox index: a generic plan
+    reads a page per session whatever the parameters."""
+    key = _KEY.format(t="c")
+    return f"""
+    SELECT p.*
+    FROM sessions s
+    CROSS JOIN LATERAL (
+        SELECT {CONVERSATION_COLUMNS}
+        FROM conversations c
+        WHERE c.session_id = s.id {_FILTERS.format(key=key)} {where}
+        ORDER BY {key} DESC, c.id DESC
+        LIMIT $8
+    ) p
+    WHERE ($1::bigint IS NULL OR s.owner_id = $1)
+      AND ($2::bigint IS NULL OR s.id = $2)
+"""
+
+
+_LIST = _inbox(_per_session(""))
+# `q`, a rarer word: the chats that mention it are known ($11), with the names that match.
+_LIST_Q_KNOWN = _inbox(
+    f"""
+    SELECT {CONVERSATION_COLUMNS}
+    FROM conversations c
+    JOIN sessions s ON s.id = c.session_id
+    WHERE ($1::bigint IS NULL OR s.owner_id = $1)
+      AND ($2::bigint IS NULL OR s.id = $2)
+      {_FILTERS.format(key=_KEY.format(t="c"))}
+      AND (c.id = ANY($11::bigint[]) OR {_MATCH_NAME})
+"""
+)
+# `q`, a common word: the inbox is walked a chunk at a time (ids, keys and whether the name
+# matches), and each chunk's chats are checked for the words (below).
+_LIST_CHUNK = f"""
+SELECT p.id, p.last_message_at,
+       (to_tsvector('simple'::regconfig, coalesce(p.contact_name, ''))
+            @@ websearch_to_tsquery('simple'::regconfig, $9)
+        OR ($10::text IS NOT NULL AND p.wa_user_id LIKE $10 || '%')) AS name_hit
+FROM ({_per_session("")}) p
+ORDER BY {_KEY.format(t="p")} DESC, p.id DESC
+LIMIT $8
+"""
+_BY_IDS = f"""
 SELECT {CONVERSATION_COLUMNS}, lm.*
 FROM conversations c
 JOIN sessions s ON s.id = c.session_id
 {_LAST_MESSAGE}
-WHERE ($1::bigint IS NULL OR s.owner_id = $1)
-  AND ($2::bigint IS NULL OR c.session_id = $2)
-  AND ($3::bool IS NULL OR (c.unread_count > 0) = $3)
-  AND ($4::bool IS NULL OR c.archived = $4)
-  AND ($5::text IS NULL OR $5 = ANY(c.labels))
-  AND ($9::text IS NULL
-       OR to_tsvector('simple'::regconfig, coalesce(c.contact_name, ''))
-          @@ websearch_to_tsquery('simple'::regconfig, $9)
-       OR c.wa_user_id LIKE $9 || '%'
-       OR c.id IN (SELECT m.conversation_id FROM messages m
-                   WHERE m.session_id IN (SELECT id FROM sessions
-                                          WHERE $1::bigint IS NULL OR owner_id = $1)
-                     AND m.text_content IS NOT NULL
-                     AND wagate_search_vector(m.text_content) @@ wagate_search_query($9)))
-  AND ($6::timestamptz IS NULL
-       OR (coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz), c.id) < ($6, $7))
-ORDER BY coalesce(c.last_message_at, '0001-01-01 00:00:00+00'::timestamptz) DESC, c.id DESC
-LIMIT $8
+WHERE c.id = ANY($1::bigint[])
+ORDER BY {_KEY.format(t="c")} DESC, c.id DESC
 """
+_SCOPE = """
+SELECT id FROM sessions
+WHERE ($1::bigint IS NULL OR owner_id = $1) AND ($2::bigint IS NULL OR id = $2)
+"""
+_MENTIONS = """
+SELECT DISTINCT m.conversation_id FROM messages m
+WHERE m.session_id = ANY($1::bigint[]) AND m.search_vector @@ wagate_search_query($2)
+"""
+# PostgreSQL's own estimate of how many messages mention `q` (planning only, no execution).
+_ESTIMATE = """
+EXPLAIN (FORMAT JSON)
+SELECT 1 FROM messages m
+WHERE m.session_id = ANY($1::bigint[]) AND m.search_vector @@ wagate_search_query($2)
+"""
+# Fewer estimated mentions than this: read them all. More: walk the inbox.
+MENTIONS_CAP = 3000
+WALK_CHUNK = 150
+_INDEX_LOOKUPS_ONLY = "SET LOCAL enable_seqscan = off; SET LOCAL enable_indexscan = off"
+_ALL_PLANS = "SET LOCAL enable_seqscan = on; SET LOCAL enable_indexscan = on"
+
+
+# For each chat of a chunk ($2): does one of its newest messages mention `q` ($1), and does it
+# have more messages than that window. Bounded by the window whatever the chat's length:
+# statistics cannot tell that a long chat never mentions a word many others do, so an unbounded
+# EXISTS may read a whole 80,000-message chat (or the table) hoping for an early match.
+RECENT_WINDOW = 400
+_CHUNK_PROBE = f"""
+SELECT ids.id,
+       EXISTS (SELECT 1 FROM (SELECT m.search_vector FROM messages m
+                              WHERE m.conversation_id = ids.id
+                              ORDER BY m.sent_at DESC, m.id DESC
+                              LIMIT {RECENT_WINDOW}) w
+               WHERE w.search_vector @@ wagate_search_query($1)) AS hit,
+       EXISTS (SELECT 1 FROM messages m
+               WHERE m.conversation_id = ids.id
+               ORDER BY m.sent_at DESC, m.id DESC
+               OFFSET {RECENT_WINDOW}) AS longer
+FROM unnest($2::bigint[]) AS ids(id)
+"""
+
+
+# The rest of a long chat: one lookup in the (session, conversation, words) index.
+_OLDER_MENTION = """
+SELECT EXISTS (SELECT 1 FROM messages m
+               WHERE m.conversation_id = $2 AND m.search_vector @@ wagate_search_query($1))
+"""
+
+
 _GET = f"""
 SELECT {CONVERSATION_COLUMNS}, lm.*
 FROM conversations c
@@ -268,6 +380,13 @@ ORDER BY c.last_message_at DESC NULLS LAST LIMIT 1
 """
 
 
+def _phone_prefix(q: str) -> str | None:
+    """The digits of a query that looks like (the start of) a phone number."""
+    digits = "".join(ch for ch in q if ch.isdigit())
+    rest = q.strip().lstrip("+").replace(" ", "").replace("-", "")
+    return digits if len(digits) >= 3 and digits == rest else None
+
+
 async def page(
     conn: Executor,
     *,
@@ -280,9 +399,11 @@ async def page(
     after: tuple[datetime, int] | None = None,
     limit: int = 50,
 ) -> list[dict[str, Any]]:
-    """A page of conversations, most recent first (`owner_id` None: every owner's)."""
-    rows = await conn.fetch(
-        _LIST,
+    """A page of conversations, most recent first (`owner_id` None: every owner's).
+
+    `q` matches contact names (simple text search), phone-number prefixes, and the text of any
+    message of the chat (English, Spanish and Portuguese stemming)."""
+    args: list[Any] = [
         owner_id,
         session_id,
         unread,
@@ -291,9 +412,57 @@ async def page(
         after[0] if after else None,
         after[1] if after else None,
         limit,
-        q,
-    )
+    ]
+    if q is None:
+        return [dict(r) for r in await conn.fetch(_LIST, *args)]
+    args += [q, _phone_prefix(q)]
+    async with custom_plans(conn) as c:
+        scope = [r["id"] for r in await c.fetch(_SCOPE, owner_id, session_id)]
+        plan = await c.fetchval(_ESTIMATE, scope, q)
+        if isinstance(plan, str):  # without the pool's json codec
+            plan = json.loads(plan)
+        if plan[0]["Plan"]["Plan Rows"] < MENTIONS_CAP:
+            known = [int(r["conversation_id"]) for r in await c.fetch(_MENTIONS, scope, q)]
+            rows = await c.fetch(_LIST_Q_KNOWN, *args, known)
+        else:
+            rows = await _walk(c, args, limit)
     return [dict(r) for r in rows]
+
+
+async def _walk(conn: Conn, args: list[Any], limit: int) -> list[Any]:
+    """The inbox, newest first, keeping the chats whose name or messages match, until `limit`."""
+    hits: list[int] = []
+    chunk_args = list(args)
+    chunk_args[7] = WALK_CHUNK
+    q = args[8]
+    while len(hits) < limit:
+        chunk = await conn.fetch(_LIST_CHUNK, *chunk_args)
+        if not chunk:
+            break
+        rest = [int(r["id"]) for r in chunk if not r["name_hit"]]
+        by_text: set[int] = set()
+        if rest:
+            longer: list[int] = []
+            for r in await conn.fetch(_CHUNK_PROBE, q, rest):
+                if r["hit"]:
+                    by_text.add(int(r["id"]))
+                elif r["longer"]:
+                    longer.append(int(r["id"]))
+            if longer:
+                await conn.execute(_INDEX_LOOKUPS_ONLY)
+                for cid in longer:
+                    if await conn.fetchval(_OLDER_MENTION, q, cid):
+                        by_text.add(cid)
+                await conn.execute(_ALL_PLANS)
+        for r in chunk:
+            if r["name_hit"] or int(r["id"]) in by_text:
+                hits.append(int(r["id"]))
+        if len(chunk) < WALK_CHUNK:
+            break
+        last = chunk[-1]
+        chunk_args[5] = last["last_message_at"] or _NO_TIME
+        chunk_args[6] = last["id"]
+    return list(await conn.fetch(_BY_IDS, hits[:limit]))
 
 
 async def get(conn: Executor, conversation_id: int) -> dict[str, Any] | None:

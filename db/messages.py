@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
+from db.pool import custom_plans
+
 if TYPE_CHECKING:
     from db import Executor
 
@@ -373,18 +375,26 @@ async def page(
 
 # Newest matches first: the newest rows are found without ranking every match, which a
 # frequent word (a tenth of all messages) makes costly; the rank of the page is computed after.
+# Per session in scope, its newest matches: PostgreSQL walks the session's messages newest first
+# for a common word and reads the word's index entries for a rare one, which is why the
+# statement is always planned for its actual words (see db.pool.custom_plans).
 _SEARCH = f"""
-SELECT hit.*, ts_rank(wagate_search_vector(hit.text_content), wagate_search_query($2)) AS rank
+SELECT hit.*, ts_rank(hit.search_vector, wagate_search_query($2)) AS rank
 FROM (
-    SELECT {MESSAGE_COLUMNS}, c.contact_name, c.external_id
-    FROM messages m
-    JOIN sessions s ON s.id = m.session_id
+    SELECT m.*, c.contact_name, c.external_id
+    FROM sessions s
+    CROSS JOIN LATERAL (
+        SELECT {MESSAGE_COLUMNS}, m.search_vector
+        FROM messages m
+        WHERE m.session_id = s.id
+          AND m.search_vector @@ wagate_search_query($2)
+          AND m.revoked_at IS NULL
+        ORDER BY m.sent_at DESC, m.id DESC
+        LIMIT $4
+    ) m
     JOIN conversations c ON c.id = m.conversation_id
     WHERE ($1::bigint IS NULL OR s.owner_id = $1)
-      AND ($3::bigint IS NULL OR m.session_id = $3)
-      AND m.text_content IS NOT NULL
-      AND wagate_search_vector(m.text_content) @@ wagate_search_query($2)
-      AND m.revoked_at IS NULL
+      AND ($3::bigint IS NULL OR s.id = $3)
     ORDER BY m.sent_at DESC, m.id DESC
     LIMIT $4
 ) hit
@@ -397,4 +407,6 @@ async def search(
 ) -> list[dict[str, Any]]:
     """Messages matching `q` (English, Spanish and Portuguese stemming), newest first, each
     with its relevance rank."""
-    return [dict(r) for r in await conn.fetch(_SEARCH, owner_id, q, session_id, limit)]
+    async with custom_plans(conn) as c:
+        rows = await c.fetch(_SEARCH, owner_id, q, session_id, limit)
+    return [dict(r) for r in rows]

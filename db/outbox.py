@@ -34,6 +34,10 @@ WHERE id IN (
     WHERE kind = ANY($1::text[])
       AND ((state = 'pending' AND next_attempt_at <= now())
            OR (state = 'running' AND locked_until < now()))
+      -- Several gateway nodes: not for a session another node runs (its holder does it).
+      AND ($4::text IS NULL OR session_id IS NULL OR NOT EXISTS (
+          SELECT 1 FROM session_leases l
+          WHERE l.session_id = outbox.session_id AND l.node_id <> $4 AND l.expires_at > now()))
     ORDER BY id
     LIMIT $2
     FOR UPDATE SKIP LOCKED
@@ -86,9 +90,14 @@ async def enqueue(
 
 
 async def claim(
-    conn: Executor, kinds: list[str], limit: int, lease_seconds: float
+    conn: Executor,
+    kinds: list[str],
+    limit: int,
+    lease_seconds: float,
+    node_id: str | None = None,
 ) -> list[OutboxItem]:
-    rows: list[asyncpg.Record] = await conn.fetch(_CLAIM, kinds, limit, lease_seconds)
+    """Take due items (with `node_id`, only those of sessions no other node holds)."""
+    rows: list[asyncpg.Record] = await conn.fetch(_CLAIM, kinds, limit, lease_seconds, node_id)
     return [
         OutboxItem(r["id"], r["kind"], r["session_id"], json.loads(r["payload"]), r["attempts"])
         for r in rows

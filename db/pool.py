@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import time
-from typing import Any
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+
+if TYPE_CHECKING:
+    from db import Conn, Executor
 
 log = logging.getLogger(__name__)
 
@@ -61,3 +66,17 @@ async def connect(url: str) -> asyncpg.Connection:
     conn: asyncpg.Connection = await asyncpg.connect(url)
     await _init_connection(conn)
     return conn
+
+
+@contextlib.asynccontextmanager
+async def custom_plans(executor: Executor) -> AsyncIterator[Conn]:
+    """A connection whose statements are planned for their actual parameters: a text query's
+    best plan depends on how common its words are, which a generic plan cannot know."""
+    async with contextlib.AsyncExitStack() as stack:
+        if isinstance(executor, asyncpg.Pool):
+            conn: Conn = await stack.enter_async_context(executor.acquire())
+        else:
+            conn = executor
+        await stack.enter_async_context(conn.transaction())
+        await conn.execute("SET LOCAL plan_cache_mode = force_custom_plan")
+        yield conn

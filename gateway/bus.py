@@ -71,6 +71,16 @@ class EventBus:
         await self._fan_out(out)
         return out
 
+    async def fan_out_logged(self, logged: list[event_log.LoggedEvent]) -> list[BusEvent]:
+        """Fan out events its caller appended to the log in a transaction of its own (with the
+        change they announce, so a crash can not keep the one without the other)."""
+        out = [
+            BusEvent(e.user_id, e.seq, e.event, e.session_id, e.payload, e.created_at)
+            for e in logged
+        ]
+        await self._fan_out(out)
+        return out
+
     async def _fan_out(self, items: list[BusEvent]) -> None:
         for item in items:
             for subscriber in list(self._subscribers):

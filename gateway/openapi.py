@@ -96,6 +96,8 @@ def build_openapi(specs: list[RouteSpec], *, version: str) -> dict[str, Any]:
         errors = set(spec.errors)
         if spec.body is not None or spec.query is not None:
             errors.add(400)
+        if spec.body is not None:
+            errors.add(413)  # any body over WAGATE_MAX_BODY_MB (`read_json`)
         if spec.auth != "public":
             errors.add(401)
         if spec.auth == "admin":

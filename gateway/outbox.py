@@ -17,6 +17,8 @@ from db import messages, outbox
 from db import sessions as sessions_db
 from db.outbox import OutboxItem
 from gateway.bus import EventBus
+from gateway.cloud.sender import SEND_KINDS, CloudFailed, CloudRetry, CloudSender
+from gateway.metrics import CHANNEL_WEB, Metrics
 from sessions import ipc
 from sessions.backoff import Backoff
 from sessions.media import media_path
@@ -24,7 +26,16 @@ from sessions.supervisor import CommandFailed, SessionSupervisor, SessionUnavail
 
 log = structlog.get_logger(__name__)
 
-KINDS = ["send_text", "send_media", "react", "edit", "revoke"]
+KINDS = [
+    "send_text",
+    "send_media",
+    "send_location",
+    "react",
+    "edit",
+    "revoke",
+    "send_template",
+    "mark_read",
+]
 LEASE_SECONDS = 60.0
 POLL_SECONDS = 1.0
 # A session that is down is waited for (the message stays pending) this long, then the
@@ -48,7 +59,11 @@ class OutboxWorker:
         media_dir: Path,
         keep_revoked: bool = True,
         retry_base: float = 1.0,
+        metrics: Metrics | None = None,
+        node_id: str | None = None,
     ) -> None:
+        self._node_id = node_id
+        self._metrics = metrics
         self._media_dir = media_dir
         self._pool = pool
         self._url = database_url
@@ -65,8 +80,16 @@ class OutboxWorker:
             "react": self._react,
             "edit": self._edit,
             "revoke": self._revoke,
+            "send_location": self._not_on_web,
+            "send_template": self._not_on_web,
+            "mark_read": self._not_on_web,
         }
         self.done = 0
+        self._cloud: CloudSender | None = None
+
+    def use_cloud(self, sender: CloudSender) -> None:
+        """Items of Cloud API sessions go to the Graph API through `sender`."""
+        self._cloud = sender
 
     async def start(self) -> None:
         try:
@@ -91,7 +114,9 @@ class OutboxWorker:
     async def _run(self) -> None:
         while True:
             try:
-                items = await outbox.claim(self._pool, KINDS, 20, LEASE_SECONDS)
+                items = await outbox.claim(
+                    self._pool, KINDS, 20, LEASE_SECONDS, node_id=self._node_id
+                )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("outbox: database unavailable", error=str(exc))
                 items = []
@@ -102,7 +127,14 @@ class OutboxWorker:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._wake.wait(), POLL_SECONDS)
 
+    def _count(self, item: OutboxItem, outcome: str) -> None:
+        if self._metrics is not None:
+            self._metrics.outbox_items.labels(item.kind, outcome).inc()
+
     async def _do(self, item: OutboxItem) -> None:
+        if self._cloud is not None and self._cloud.handles(item):
+            await self._do_cloud(self._cloud, item)
+            return
         try:
             await self._handlers[item.kind](item)
         except asyncio.CancelledError:
@@ -126,6 +158,7 @@ class OutboxWorker:
             await outbox.retry(
                 self._pool, item.id, str(exc), datetime.now(UTC) + timedelta(seconds=delay)
             )
+            self._count(item, "retry")
             return
         except Exception as exc:
             log.exception("outbox item failed", item_id=item.id, kind=item.kind)
@@ -135,8 +168,47 @@ class OutboxWorker:
                 await outbox.retry(
                     self._pool, item.id, str(exc), datetime.now(UTC) + timedelta(seconds=5)
                 )
+                self._count(item, "retry")
             return
         await outbox.done(self._pool, item.id)
+        self._count(item, "done")
+        self.done += 1
+
+    async def _do_cloud(self, sender: CloudSender, item: OutboxItem) -> None:
+        """A Cloud API session's item: the channel decides, the outcomes are the same."""
+        try:
+            await sender.process(item)
+        except asyncio.CancelledError:
+            raise
+        except CloudFailed as exc:
+            if item.kind in SEND_KINDS:
+                await sender.failed(int(item.payload["message_id"]), exc.code)
+            await self._give_up(item, str(exc))
+            return
+        except CloudRetry as exc:
+            if not exc.waiting and item.attempts >= MAX_FAILED_ATTEMPTS:
+                await self._give_up(item, str(exc))
+                return
+            if exc.waiting and await self._too_old(item):
+                await self._give_up(item, f"the number stayed unavailable: {exc}")
+                return
+            await outbox.retry(
+                self._pool, item.id, str(exc), datetime.now(UTC) + timedelta(seconds=exc.delay)
+            )
+            self._count(item, "retry")
+            return
+        except Exception as exc:
+            log.exception("cloud outbox item failed", item_id=item.id, kind=item.kind)
+            if item.attempts >= MAX_FAILED_ATTEMPTS:
+                await self._give_up(item, f"{type(exc).__name__}: {exc}")
+            else:
+                await outbox.retry(
+                    self._pool, item.id, str(exc), datetime.now(UTC) + timedelta(seconds=5)
+                )
+                self._count(item, "retry")
+            return
+        await outbox.done(self._pool, item.id)
+        self._count(item, "done")
         self.done += 1
 
     async def _too_old(self, item: OutboxItem) -> bool:
@@ -146,7 +218,8 @@ class OutboxWorker:
     async def _give_up(self, item: OutboxItem, error: str) -> None:
         log.warning("outbox item failed for good", item_id=item.id, kind=item.kind, error=error)
         await outbox.fail(self._pool, item.id, error)
-        if item.kind in ("send_text", "send_media"):
+        self._count(item, "failed")
+        if item.kind in SEND_KINDS:
             changed = await messages.mark_failed(self._pool, item.payload["message_id"], error)
             if changed is not None:
                 await self._status(item.session_id, {**changed, "error": error})
@@ -237,6 +310,9 @@ class OutboxWorker:
         )
         await self._mark_sent(message, result)
 
+    async def _not_on_web(self, item: OutboxItem) -> None:
+        raise PermanentError(f"{item.kind} is possible on Cloud API numbers only")
+
     async def _mark_sent(self, message: dict[str, Any], result: dict[str, Any]) -> None:
         """WhatsApp took it: the id and time it gave the message, and `sent` for the owner."""
         stamp = result.get("timestamp")
@@ -247,6 +323,8 @@ class OutboxWorker:
             datetime.fromisoformat(stamp) if stamp else None,
         )
         if changed is not None:
+            if self._metrics is not None:
+                self._metrics.message_sent(CHANNEL_WEB, str(message["message_type"]))
             await self._status(message["session_id"], changed)
 
     async def _sender_of(self, message: dict[str, Any]) -> str:

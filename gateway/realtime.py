@@ -35,7 +35,7 @@ from gateway import messaging
 from gateway.auth import TokenRefused, check_token
 from gateway.bus import BusEvent
 from gateway.errors import ApiError
-from gateway.keys import BUS, POOL, SETTINGS, SUPERVISOR
+from gateway.keys import BUS, POOL, SESSIONS, SETTINGS, SUPERVISOR
 from gateway.qr import qr_data_url
 from sessions.supervisor import TERMINAL_STATES
 
@@ -325,8 +325,8 @@ class RealtimeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
             ready = _wire(SessionReady(sessionId=session.id, session_id=session.id))
             await self.emit("session-ready", ready, to=sid)
             return ready
-        supervisor = self.app[SUPERVISOR]
-        qr = supervisor.qr(session.id)
+        directory = self.app[SESSIONS]
+        qr = await directory.qr(session.id)
         if qr is not None:
             out = _wire(
                 QrCode(
@@ -341,7 +341,7 @@ class RealtimeNamespace(socketio.AsyncNamespace):  # type: ignore[misc]
         if session.state in TERMINAL_STATES:
             # Stopped, expired, logged out: a new pairing window. A session that is starting or
             # waiting on another gateway process is left alone; its QR comes as `qr-code`.
-            await supervisor.start_session(session.id)
+            await directory.start_session(session.id)
         return {"success": True, "sessionId": session.id, "pending": True}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -10,6 +11,7 @@ from datetime import UTC, datetime, timedelta
 import jwt
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
+from cryptography.fernet import Fernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
@@ -103,3 +105,18 @@ class TokenService:
             raise InvalidTokenError("token expired") from exc
         except (jwt.PyJWTError, ValueError, KeyError) as exc:
             raise InvalidTokenError("invalid token") from exc
+
+
+class SecretBox:
+    """Secrets at rest (webhook signing secrets, later Jira and Cloud tokens): Fernet with a key
+    derived from the secret key, so a database dump alone reveals none of them."""
+
+    def __init__(self, secret_key: str, purpose: str = "secrets-at-rest") -> None:
+        self._fernet = Fernet(base64.urlsafe_b64encode(derive_key(secret_key, purpose)))
+
+    def seal(self, plain: str) -> str:
+        return self._fernet.encrypt(plain.encode()).decode("ascii")
+
+    def open(self, sealed: str) -> str:
+        """The plain secret; `InvalidToken` when it was sealed under another secret key."""
+        return self._fernet.decrypt(sealed.encode("ascii")).decode()

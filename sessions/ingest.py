@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from typing import Protocol
 
 import asyncpg
 
@@ -60,6 +62,15 @@ class AckTracker:
         return len(self._arrived)
 
 
+class IngestObserver(Protocol):
+    """Told after every commit (metrics): which queue, each fresh event's seconds from reaching
+    Python in the worker to the commit, and what the batch changed. Must not block or raise."""
+
+    def committed(
+        self, session_id: int, queue: str, delays: list[float], changes: Changes
+    ) -> None: ...
+
+
 def is_history(frame: ipc.EventFrame) -> bool:
     return any(isinstance(ev, events.HistoryChunk) for ev in frame.events)
 
@@ -74,6 +85,7 @@ class SessionIngest:
         ack: Callable[[int], None],
         publish: Callable[[Changes], Awaitable[None]],
         history_progress: Callable[[events.HistoryChunk, Changes], Awaitable[None]],
+        observer: IngestObserver | None = None,
     ) -> None:
         self.session_id = session_id
         self._pool = pool
@@ -81,14 +93,15 @@ class SessionIngest:
         self._ack = ack
         self._publish = publish
         self._history_progress = history_progress
+        self._observer = observer
         self._tracker = AckTracker()
         self._live: asyncio.Queue[ipc.EventFrame] = asyncio.Queue()
         self._history: asyncio.Queue[ipc.EventFrame] = asyncio.Queue()
         context = contextvars.Context()
         loop = asyncio.get_running_loop()
         self._tasks = [
-            loop.create_task(self._run(self._live, MAX_BATCH), context=context),
-            loop.create_task(self._run(self._history, 1), context=context),
+            loop.create_task(self._run(self._live, MAX_BATCH, "live"), context=context),
+            loop.create_task(self._run(self._history, 1, "history"), context=context),
         ]
         self.stored = 0
         self.dropped = 0
@@ -123,7 +136,17 @@ class SessionIngest:
                 )
         return changes
 
-    async def _run(self, queue: asyncio.Queue[ipc.EventFrame], max_batch: int) -> None:
+    def _observe(self, queue: str, batch: list[ipc.EventFrame], changes: Changes) -> None:
+        if self._observer is None:
+            return
+        now = time.time()
+        delays = [now - f.arrived_at for f in batch if f.arrived_at is not None and not f.replayed]
+        try:
+            self._observer.committed(self.session_id, queue, delays, changes)
+        except Exception:
+            log.exception("session %s: ingest observer failed", self.session_id)
+
+    async def _run(self, queue: asyncio.Queue[ipc.EventFrame], max_batch: int, name: str) -> None:
         backoff = Backoff(base=0.2, cap=5.0)
         while True:
             batch = [await queue.get()]
@@ -161,6 +184,7 @@ class SessionIngest:
                     )
                     await asyncio.sleep(delay)
             backoff.reset()
+            self._observe(name, batch, changes)
             self.stored += len(batch)
             top = self._tracker.completed([frame.seq for frame in batch])
             if top is not None:

@@ -78,6 +78,14 @@ class MarkRead(_Msg):
     message_ids: list[str]
 
 
+class ChatPresence(_Msg):
+    """Show (or stop showing) "typing…" in a chat."""
+
+    command: Literal["chat_presence"] = "chat_presence"
+    chat: str
+    state: Literal["composing", "paused"] = "composing"
+
+
 class DownloadMedia(_Msg):
     """Fetch a stored message's attachment into the media directory."""
 
@@ -126,6 +134,7 @@ Command = Annotated[
     | Revoke
     | Edit
     | MarkRead
+    | ChatPresence
     | Logout
     | PairPhone
     | DownloadMedia
@@ -202,6 +211,8 @@ class EventFrame(_Msg):
     seq: int
     events: list[DriverEvent]
     replayed: bool = False
+    # Unix time the event reached Python in the worker (when it was spooled); None for replays.
+    arrived_at: float | None = None
 
 
 class SessionStatus(_Msg):

@@ -11,6 +11,7 @@ import contextlib
 import ctypes
 import dataclasses
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 from google.protobuf import json_format
 from neonize.events import INT_TO_EVENT
 from neonize.proto.waE2E.WAWebProtobufsE2E_pb2 import ContextInfo, ExtendedTextMessage, Message
-from neonize.utils.enum import ReceiptType
+from neonize.utils.enum import ChatPresence, ChatPresenceMedia, ReceiptType
 from pydantic import BaseModel
 
 from sessions import adapter, events, ipc
@@ -81,6 +82,7 @@ class DriverClient(Protocol):
     async def get_pn_from_lid(self, jid: Any) -> Any: ...
     async def get_group_info(self, jid: Any) -> Any: ...
     async def get_profile_picture(self, jid: Any) -> Any: ...
+    async def send_chat_presence(self, jid: Any, state: Any, media: Any) -> Any: ...
 
 
 ClientFactory = Callable[..., DriverClient]
@@ -235,9 +237,22 @@ class SessionRuntime:
             )
         )
 
-    def _emit(self, seq: int, evs: list[events.DriverEvent], *, replayed: bool = False) -> None:
+    def _emit(
+        self,
+        seq: int,
+        evs: list[events.DriverEvent],
+        *,
+        replayed: bool = False,
+        arrived_at: float | None = None,
+    ) -> None:
         self._send(
-            ipc.EventFrame(session_id=self.session_id, seq=seq, events=evs, replayed=replayed)
+            ipc.EventFrame(
+                session_id=self.session_id,
+                seq=seq,
+                events=evs,
+                replayed=replayed,
+                arrived_at=arrived_at,
+            )
         )
 
     # -- the connect loop ---------------------------------------------------------------------
@@ -326,8 +341,9 @@ class SessionRuntime:
                 if code == DEVICE_CODE:
                     client.me = INT_TO_EVENT[code].FromString(payload)
                     return
+                arrived = time.time()
                 seq = self.spool.append(code, payload) if code in DURABLE_CODES else 0
-                self._loop.call_soon_threadsafe(self._dispatch, client, seq, code, payload)
+                self._loop.call_soon_threadsafe(self._dispatch, client, seq, code, payload, arrived)
             except Exception:
                 self.log.exception("event hook failed (code %s)", code)
 
@@ -351,7 +367,9 @@ class SessionRuntime:
             self.log.exception("cannot translate event code %s", code)
             return []
 
-    def _dispatch(self, client: DriverClient, seq: int, code: int, payload: bytes) -> None:
+    def _dispatch(
+        self, client: DriverClient, seq: int, code: int, payload: bytes, arrived: float
+    ) -> None:
         # Nothing is acted on before it is on disk; the first dispatch of a burst syncs the
         # whole burst, the others find nothing left to sync.
         self.spool.sync()
@@ -369,7 +387,7 @@ class SessionRuntime:
         for ev in evs:
             self._observe(ev)
         if seq or evs:
-            self._emit(seq, evs)
+            self._emit(seq, evs, arrived_at=arrived)
 
     @staticmethod
     def _with_identity(client: DriverClient, ev: events.DriverEvent) -> events.DriverEvent:
@@ -495,6 +513,15 @@ class SessionRuntime:
                 chat=parse_jid(command.chat),
                 sender=parse_jid(command.sender),
                 receipt=ReceiptType.READ,
+            )
+            return {}
+        if isinstance(command, ipc.ChatPresence):
+            await client.send_chat_presence(
+                parse_jid(command.chat),
+                ChatPresence.CHAT_PRESENCE_COMPOSING
+                if command.state == "composing"
+                else ChatPresence.CHAT_PRESENCE_PAUSED,
+                ChatPresenceMedia.CHAT_PRESENCE_MEDIA_TEXT,
             )
             return {}
         if isinstance(command, ipc.Logout):

@@ -36,7 +36,7 @@ from db import messages as messages_db
 from db import sessions as sessions_db
 from sessions import events, ipc
 from sessions.backoff import Backoff
-from sessions.ingest import SessionIngest
+from sessions.ingest import IngestObserver, SessionIngest
 from sessions.store import Changes, MediaRequest, StoreOptions, phone_of, store_contact
 
 log = logging.getLogger(__name__)
@@ -75,6 +75,7 @@ class SupervisorConfig:
     media_max_bytes: int = 100 * 1024 * 1024
     media_retry_base: float = 1.0
     recycle_after: int = 20  # failed connects before a neonize worker is replaced
+    shared_dir: Path | None = None  # spool and fake WhatsApp files (default: data_dir)
 
 
 @dataclass
@@ -108,6 +109,16 @@ class WorkerHandle:
         self.writer.write(ipc.encode(message))
 
 
+@dataclass
+class HistoryProgress:
+    """A session's history import since this process started (for metrics)."""
+
+    percent: int = 0
+    chunks: int = 0
+    imported: int = 0
+    skipped: int = 0
+
+
 class SessionUnavailable(Exception):
     """The session is not running in any worker (stopped, logged out, ...)."""
 
@@ -135,8 +146,10 @@ class SessionSupervisor:
         config: SupervisorConfig,
         emit: Emit | None = None,
         emit_many: EmitMany | None = None,
+        observer: IngestObserver | None = None,
     ):
         self.pool = pool
+        self._observer = observer
         self.config = config
         self._emit = emit
         self._emit_many = emit_many
@@ -156,6 +169,7 @@ class SessionSupervisor:
         self._running = False
         self.states: dict[int, str] = {}
         self._next_attempt: dict[int, datetime] = {}
+        self.history: dict[int, HistoryProgress] = {}
 
     # -- small helpers ------------------------------------------------------------------------
 
@@ -201,13 +215,15 @@ class SessionSupervisor:
 
     # -- start and stop -----------------------------------------------------------------------
 
-    async def start(self) -> None:
-        """Bring up every session that should run (those that were running before)."""
+    async def start(self, *, autostart: bool = True) -> None:
+        """Get ready; with `autostart`, bring up every session that should run (those that were
+        running before). Without it, sessions start when this node takes their lease."""
         self._running = True
         if self.config.driver == "neonize":
             await self._init_store()
-        for session in await sessions_db.to_run(self.pool):
-            await self.start_session(session.id)
+        if autostart:
+            for session in await sessions_db.to_run(self.pool):
+                await self.start_session(session.id)
 
     async def _init_store(self) -> None:
         proc = await asyncio.create_subprocess_exec(
@@ -296,6 +312,7 @@ class SessionSupervisor:
             "media_dir": str(self.config.media_dir) if self.config.media_dir else None,
             "media_max_bytes": self.config.media_max_bytes,
             "recycle_after": self.config.recycle_after,
+            "shared_dir": str(self.config.shared_dir or self.config.data_dir),
         }
         import json
 
@@ -437,6 +454,9 @@ class SessionSupervisor:
         session = await sessions_db.get(self.pool, session_id)
         if session is None:
             raise SessionUnavailable(f"no session {session_id}")
+        if session.channel != "web":
+            # A Cloud API number has no device and no worker: never start one for it.
+            raise SessionUnavailable(f"session {session_id} is a Cloud API number")
         self._owners[session_id] = session.owner_id
         await sessions_db.set_desired(self.pool, session_id, "running")
         self._cancel_timer(session_id)
@@ -483,6 +503,16 @@ class SessionSupervisor:
             with contextlib.suppress(ConnectionError, OSError):
                 worker.send(ipc.StopSession(session_id=session_id))
 
+    async def release(self, session_id: int) -> None:
+        """Stop running the session here without changing what it should be: another gateway
+        node takes it over (its desired state and its stored state stay as they are)."""
+        self._cancel_timer(session_id)
+        await self._detach(session_id)
+        self._qr.pop(session_id, None)
+        self._pair_codes.pop(session_id, None)
+        self.states.pop(session_id, None)
+        self._next_attempt.pop(session_id, None)
+
     async def logout(self, session_id: int) -> None:
         """Unlink the device (WhatsApp forgets it), then stop."""
         if session_id in self._session_worker:
@@ -498,6 +528,7 @@ class SessionSupervisor:
         self._qr.pop(session_id, None)
         self._owners.pop(session_id, None)
         self.states.pop(session_id, None)
+        self.history.pop(session_id, None)
 
     async def request(
         self, session_id: int, command: Any, *, timeout: float | None = None
@@ -661,6 +692,7 @@ class SessionSupervisor:
                 ack=functools.partial(self._ack, sid),
                 publish=functools.partial(self._publish_changes, sid),
                 history_progress=functools.partial(self._history_progress, sid),
+                observer=self._observer,
             )
         ingest.put(frame)
 
@@ -673,6 +705,11 @@ class SessionSupervisor:
     async def _history_progress(
         self, sid: int, chunk: events.HistoryChunk, changes: Changes
     ) -> None:
+        progress = self.history.setdefault(sid, HistoryProgress())
+        progress.percent = max(progress.percent, chunk.progress)
+        progress.chunks += 1
+        progress.imported += changes.history_imported
+        progress.skipped += changes.history_skipped
         self._spawn(self._fetch_pending_media(sid), f"history media of session {sid}")
         await self._publish(
             "history-progress",

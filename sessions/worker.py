@@ -48,6 +48,7 @@ class WorkerConfig(BaseModel):
     media_dir: Path | None = None
     media_max_bytes: int = 100 * 1024 * 1024
     recycle_after: int = 20
+    shared_dir: Path | None = None
 
 
 def _die_with_parent() -> None:
@@ -99,7 +100,7 @@ class Worker:
             from sessions.fake_client import FakeClient
             from sessions.fake_server import FakeWhatsApp
 
-            server = FakeWhatsApp(self.config.data_dir / "fake-wa")
+            server = FakeWhatsApp(self._shared_dir / "fake-wa")
             return functools.partial(FakeClient, server=server, qr_timing=timing), timing
         from neonize.aioze.client import NewAClient
 
@@ -222,7 +223,11 @@ class Worker:
             os._exit(ipc.RECYCLE_EXIT_CODE)
 
     def _spool_dir(self, session_id: int) -> Path:
-        return self.config.data_dir / "spool" / str(session_id)
+        return self._shared_dir / "spool" / str(session_id)
+
+    @property
+    def _shared_dir(self) -> Path:
+        return self.config.shared_dir or self.config.data_dir
 
     async def _stop_all(self) -> None:
         runtimes = list(self.runtimes.values())

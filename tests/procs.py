@@ -7,7 +7,11 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
+
+import requests
 
 from db.embedded import process_alive
 from tests.conftest import ROOT
@@ -79,3 +83,23 @@ class Server:
 
 def alive(pid: int) -> bool:
     return process_alive(pid)
+
+
+def api(srv: Server, method: str, path: str, token: str | None = None, **kw: Any) -> Any:
+    """One call to a gateway process's API, which must succeed; its JSON body (or {})."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    resp = requests.request(method, srv.base + path, headers=headers, timeout=30, **kw)
+    assert resp.status_code < 300, resp.text
+    return resp.json() if resp.content else {}
+
+
+def wait(check: Callable[[], Any], timeout: float, what: str, every: float = 0.1) -> Any:
+    """Poll `check` until it returns something true (returned), or fail after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what} (last: {last!r})")

@@ -10,6 +10,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from db import conversations as db_conversations
 from gateway.app import FAKE_ROUTERS, ROUTERS
 from gateway.settings import Settings
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, bearer, login
@@ -332,7 +333,29 @@ async def test_no_route_shows_or_touches_another_operators_things(
 ) -> None:
     chat = await one_chat(client, token, settings, sid)
     message = (await get(client, token, f"/api/v1/conversations/{chat['id']}/messages"))["items"][0]
-    ids = {"session_id": sid, "conversation_id": chat["id"], "message_id": message["id"]}
+    hook = await client.post(
+        "/api/v1/webhooks",
+        json={"url": "https://example.com/hook", "enabled": False},
+        headers=bearer(token),
+    )
+    assert hook.status == 201, await hook.text()
+    persona = await client.post(
+        "/api/v1/personalities", json={"name": "Ana"}, headers=bearer(token)
+    )
+    article = await client.post(
+        "/api/v1/kb/articles", json={"title": "Hours", "body": "9 to 6"}, headers=bearer(token)
+    )
+    assert persona.status == article.status == 201
+    ids = {
+        "session_id": sid,
+        "conversation_id": chat["id"],
+        "message_id": message["id"],
+        "webhook_id": (await hook.json())["id"],
+        # Jira's webhook is public and named by an operator's secret token: without it, a 404.
+        "token": "not-an-operators-jira-token",
+        "personality_id": (await persona.json())["id"],
+        "article_id": (await article.json())["id"],
+    }
     await client.post(
         "/api/v1/users",
         json={"email": "intruder@example.com", "password": "password-123"},
@@ -348,6 +371,9 @@ async def test_no_route_shows_or_touches_another_operators_things(
         "history": {},
         "control": {"action": "disconnect"},
         "scan": {},
+        "templates": {"name": "x", "category": "UTILITY", "language": "en", "components": []},
+        "template": {"name": "x", "language": "en"},
+        "coexistence-sync": {},
     }
 
     def body_for(method: str, path: str) -> Any:
@@ -369,6 +395,10 @@ async def test_no_route_shows_or_touches_another_operators_things(
     # Lists show nothing of the owner's.
     assert (await get(client, intruder, "/api/v1/conversations"))["items"] == []
     assert (await get(client, intruder, "/api/v1/sessions"))["items"] == []
+    assert (await get(client, intruder, "/api/v1/webhooks"))["items"] == []
+    assert (await get(client, intruder, "/api/v1/personalities"))["items"] == []
+    assert (await get(client, intruder, "/api/v1/kb/articles"))["items"] == []
+    assert (await get(client, intruder, "/api/v1/kb/search?q=hours"))["items"] == []
     events = (await get(client, intruder, "/api/v1/events"))["items"]
     assert events == []
     compat = await get(client, intruder, "/api/whatsapp/get_conversations")
@@ -414,6 +444,41 @@ async def test_full_text_search_in_three_languages(
     assert (await get(client, nosy, "/api/v1/search?q=pedido"))["items"] == []
     assert (await get(client, nosy, "/api/v1/contacts"))["items"] == []
     assert (await get(client, nosy, "/api/v1/conversations?q=pedido"))["items"] == []
+
+
+async def test_inbox_search_pages_alike_for_common_and_rare_words(
+    client: Client, token: str, settings: Settings, sid: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`q` in the inbox: a word only some chats mention, a phone prefix and a name, paged by
+    cursor; the same pages whether the word counts as rare (the matching chats are looked up)
+    or as common (the inbox is walked and each chat checked)."""
+    p = phone(settings, sid)
+    for n in range(12):
+        words = "Necesito la factura del pedido" if n % 3 == 0 else "Hola, buenas tardes"
+        p.send(text(f"+52155000000{n:02d}", f"{words} {n}", push_name=f"Cliente {n}"))
+    p.send(text("+5511999990000", "Olá", push_name="Valentina"))
+    await inbox(client, token, 13)
+
+    async def names(q: str, limit: int) -> list[str]:
+        seen: list[str] = []
+        cursor = ""
+        while True:
+            page = await get(client, token, f"/api/v1/conversations?q={q}&limit={limit}{cursor}")
+            seen += [c["contact_name"] for c in page["items"]]
+            if not page["next_cursor"]:
+                return seen
+            cursor = f"&cursor={page['next_cursor']}"
+
+    newest_first = [f"Cliente {n}" for n in (9, 6, 3, 0)]
+    for cap in (db_conversations.MENTIONS_CAP, 1):
+        monkeypatch.setattr(db_conversations, "MENTIONS_CAP", cap)
+        assert await names("facturas", 50) == newest_first, cap
+        assert await names("facturas", 1) == newest_first, cap
+        assert await names("pedidos factura", 3) == newest_first, cap
+        assert await names("Valentina", 2) == ["Valentina"], cap
+        assert await names("%2B5511999", 2) == ["Valentina"], cap
+        assert await names("521550000001", 50) == [f"Cliente {n}" for n in (11, 10)], cap
+        assert await names("ausente", 50) == [], cap
 
 
 async def test_send_an_attachment_with_a_caption(

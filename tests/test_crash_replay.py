@@ -9,10 +9,9 @@ from pathlib import Path
 
 import asyncpg
 import pytest
-import requests  # type: ignore[import-untyped]
 
 from sessions.fake_server import FakeWhatsApp, Phone, SimMessage
-from tests.procs import Server, free_port
+from tests.procs import Server, api, free_port, wait
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -32,23 +31,6 @@ def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
     )
     yield srv
     srv.kill()
-
-
-def api(srv: Server, method: str, path: str, token: str | None = None, **kw: object) -> dict:
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
-    resp = requests.request(method, srv.base + path, headers=headers, timeout=30, **kw)
-    assert resp.status_code < 300, resp.text
-    return resp.json() if resp.content else {}
-
-
-def wait(check, timeout: float, what: str):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 async def test_gateway_sigkill_during_a_burst_loses_and_duplicates_nothing(

@@ -413,8 +413,19 @@ async def test_failed_download_is_retried_then_marked_failed(
     row = await wait_for(lambda: _media_done(db, sid, wa_id), timeout=30, what="the verdict")
     assert row["media_status"] == "failed"
     assert row["media_filename"] == "gone.pdf"
-    updated = [e for e in events.events if e.event == "message-updated"]
-    assert updated[-1].payload["media_status"] == "failed"
+    # The event follows the committed row; a client sees it soon after, not necessarily first.
+    failed = await wait_for(
+        lambda: asyncio.sleep(
+            0,
+            result=[
+                e
+                for e in events.events
+                if e.event == "message-updated" and e.payload.get("media_status") == "failed"
+            ],
+        ),
+        what="the message-updated event saying the media failed",
+    )
+    assert failed[-1].payload["media_status"] == "failed"
 
 
 async def test_media_is_served_to_its_owner_only_with_ranges(

@@ -25,6 +25,7 @@ import requests
 
 from sessions.fake_server import FakeWhatsApp, Phone, SimMessage, SimReceipt
 from tests.procs import Server, free_port
+from tests.webhook_receiver import Receiver, verify
 
 expect = playwright_sync.expect
 
@@ -69,6 +70,7 @@ def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
         WAGATE_RECONNECT_MAX_SECONDS="0.5",
         WAGATE_SPOOL_SYNC="flush",
         WAGATE_LOGIN_RATE_LIMIT="100/minute",
+        WAGATE_WEBHOOKS_ALLOW_PRIVATE="true",  # the test receiver is on 127.0.0.1
     )
     server.start()
     try:
@@ -498,8 +500,207 @@ def test_the_inbox_fits_a_390_px_phone(gateway: Server, browser: Any) -> None:
         assert no_horizontal_scroll(page)
         shot(page, "accounts")
         page.get_by_role("link", name="Settings").click()
-        expect(page.get_by_role("heading", name="Jira")).to_contain_text("coming")
+        expect(page.get_by_role("heading", name="Jira", exact=True)).to_be_visible()
+        expect(page.get_by_label("Jira site URL")).to_be_visible()
+        assert no_horizontal_scroll(page)
         shot(page, "settings")
         assert not page.errors, page.errors
     finally:
         context.close()
+
+
+def test_webhooks_screen_adds_one_and_shows_its_test_delivery(
+    gateway: Server, browser: Any
+) -> None:
+    shot = Shots("webhooks")
+    context, page = new_page(browser)
+    with Receiver() as receiver:
+        try:
+            login(page, gateway.base)
+            page.get_by_role("link", name="Settings").click()
+            expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+            expect(page.get_by_text("No webhooks yet.")).to_be_visible()
+            page.get_by_label("Endpoint URL").fill(receiver.url("/ui"))
+            page.get_by_role("button", name="Add webhook").click()
+            secret = page.locator(".secret-once .secret")
+            expect(secret).to_have_text(re.compile(r"^whsec_"))
+            hook = page.locator("li.webhook")
+            expect(hook).to_have_count(1)
+            expect(hook.locator(".webhook-url")).to_have_text(receiver.url("/ui"))
+            expect(hook.locator(".badge")).to_have_text("Active")
+            shot(page, "added")
+            hook.get_by_role("button", name="Send test event").click()
+            row = hook.locator("table.deliveries tr.delivery")
+            expect(row).to_have_count(1)
+            expect(row).to_contain_text("webhook-test")
+            expect(row.locator(".status")).to_have_text("200")
+            (got,) = receiver.acked("/ui")
+            assert verify(
+                secret.inner_text(),
+                got.headers["X-Wagate-Timestamp"],
+                got.body,
+                got.headers["X-Wagate-Signature"],
+            )
+            shot(page, "delivered")
+            page.once("dialog", lambda dialog: dialog.accept())
+            hook.get_by_role("button", name="Remove").click()
+            expect(page.locator("li.webhook")).to_have_count(0)
+            assert not page.errors, page.errors
+        finally:
+            context.close()
+
+
+def test_ai_screen_adds_an_article_the_ai_answers_and_the_inbox_shows_a_handoff(
+    gateway: Server, browser: Any
+) -> None:
+    shot = Shots("ai")
+    context, page = new_page(browser, viewport={"width": 1280, "height": 900})
+    try:
+        token = token_for(gateway.base)
+        sid, phone = linked_account(gateway, token)
+        api(gateway.base, token, "PATCH", f"/api/v1/sessions/{sid}/ai", json={"ai_default": True})
+        login(page, gateway.base)
+        page.get_by_role("link", name="Settings").click()
+        expect(page.get_by_role("heading", name="AI provider and knowledge base")).to_be_visible()
+        expect(page.get_by_text("No articles yet.")).to_be_visible()
+        # The model's fields show only for a model provider.
+        expect(page.get_by_label("Model base URL")).to_be_hidden()
+        page.get_by_label("Answers come from", exact=True).select_option("openai")
+        expect(page.get_by_label("Model base URL")).to_be_visible()
+        page.get_by_label("Answers come from", exact=True).select_option("kb")
+        form = page.locator("form.kb-article-form")
+        form.get_by_label("Title").fill("Opening hours")
+        form.get_by_label("Answer").fill("We are open Monday to Friday, 9 to 6.")
+        form.get_by_label("Tags").fill("hours, schedule")
+        form.get_by_role("button", name="Add article").click()
+        expect(page.locator("li.kb-article .kb-title")).to_have_text("Opening hours")
+        page.locator("form.ai-personality-form").get_by_label("Name").fill("Lucía")
+        page.get_by_role("button", name="Add personality").click()
+        expect(page.locator("li.personality")).to_contain_text("Lucía")
+        shot(page, "settings")
+
+        # A customer asks: the AI's answer shows in the thread.
+        page.get_by_role("link", name="Inbox").click()
+        phone.send(text("What are your opening hours?"))
+        conv = page.locator("li.conv").filter(has_text="Ana Souza")
+        conv.get_by_role("button").click()
+        thread = page.locator("#messages")
+        expect(thread.locator(".msg.out")).to_contain_text("We are open Monday to Friday, 9 to 6.")
+        until(lambda: "Monday to Friday" in sent_texts(phone), "the phone to get the answer")
+        # Asking for a person: the chat is highlighted, and can be given back to the AI.
+        phone.send(text("I want to talk to a human"))
+        expect(page.locator("li.conv.needs-human")).to_have_count(1)
+        resume = page.get_by_role("button", name="Give back to the AI")
+        expect(resume).to_be_visible()
+        shot(page, "handoff")
+        resume.click()
+        expect(page.locator("li.conv.needs-human")).to_have_count(0)
+        assert not page.errors, page.errors
+    finally:
+        context.close()
+
+
+class JiraInThread:
+    """The fake Jira on its own event loop in a thread (the tests here are synchronous)."""
+
+    def __init__(self) -> None:
+        import asyncio
+        import threading
+
+        from tests.fakes.jira import FakeJira
+
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.fake = FakeJira()
+        self.url = asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
+
+    def close(self) -> None:
+        import asyncio
+
+        asyncio.run_coroutine_threadsafe(self.fake.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.mark.timeout(180)
+def test_jira_screen_connects_tests_and_the_inbox_shows_the_ticket_key(
+    gateway: Server, browser: Any
+) -> None:
+    from tests.fakes import jira as fj
+
+    shot = Shots("jira")
+    jira = JiraInThread()
+    context, page = new_page(browser, viewport={"width": 1280, "height": 1000})
+    try:
+        token = token_for(gateway.base)
+        sid, phone = linked_account(gateway, token)
+        login(page, gateway.base)
+        page.get_by_role("link", name="Settings").click()
+        section = page.locator("section[aria-labelledby='settings-jira']")
+        expect(section.locator("#jira-state")).to_have_text("Not connected")
+        form = section.locator("form.jira-form")
+        form.get_by_label("Jira site URL").fill(jira.url)
+        expect(form.get_by_label("E-mail of the integration account")).to_be_visible()
+        # Server / Data Center needs no e-mail: the field goes away, the token's label changes.
+        form.get_by_label("Authentication").select_option("pat")
+        expect(form.get_by_label("E-mail of the integration account")).to_be_hidden()
+        expect(form.get_by_label("Personal access token")).to_be_visible()
+        form.get_by_label("Authentication").select_option("cloud")
+        form.get_by_label("E-mail of the integration account").fill(fj.EMAIL)
+        form.get_by_label("API token").fill("a-wrong-token")
+        form.get_by_label("Project key").fill("SUP")
+        form.get_by_label("Webhook secret").fill("ui-webhook-secret")
+        form.get_by_label("Bridge every new 1:1 chat of “Support”").check()
+        form.get_by_role("button", name="Save Jira connection").click()
+        expect(section.locator("#jira-saved")).to_have_text("Saved.")
+        hook_url = section.get_by_label("Webhook URL")
+        expect(hook_url).to_have_value(re.compile(r"^http://.+/api/v1/jira/webhook/[\w-]{20,}$"))
+
+        # A wrong token: the test says so and the bridge shows "credentials rejected".
+        section.get_by_role("button", name="Test connection").click()
+        expect(section.locator("#jira-test-result")).to_contain_text("Credentials rejected")
+        expect(section.locator("#jira-state")).to_have_text("Credentials rejected")
+        expect(section.locator("#jira-rejected")).to_be_visible()
+        status = api(gateway.base, token, "GET", "/api/v1/jira/status")
+        assert status["state"] == "rejected", status
+        shot(page, "rejected")
+
+        # The right token: saved (the secret is never shown back), tested OK.
+        form = section.locator("form.jira-form")
+        expect(form.get_by_label("API token")).to_have_attribute(
+            "placeholder", re.compile("leave empty")
+        )
+        expect(form.get_by_label("API token")).to_have_value("")
+        form.get_by_label("API token").fill(fj.API_TOKEN)
+        form.get_by_role("button", name="Save Jira connection").click()
+        expect(section.locator("#jira-saved")).to_have_text("Saved.")
+        section.get_by_role("button", name="Test connection").click()
+        result = section.locator("#jira-test-result")
+        expect(result).to_contain_text("OK: Fake Jira")
+        expect(result).to_have_attribute("data-ok", "true")
+        expect(section.locator("#jira-state")).to_have_text("Active")
+        expect(form.get_by_label("Bridge every new 1:1 chat of “Support”")).to_be_checked()
+        shot(page, "connected")
+        saved = api(gateway.base, token, "GET", "/api/v1/jira/connection")
+        assert saved["auto_bridge_session_ids"] == [sid]
+        assert hook_url.input_value().endswith(saved["webhook_url"])
+
+        # A new chat is bridged by the rule: the inbox shows its ticket key.
+        page.get_by_role("link", name="Inbox").click()
+        phone.send(text("Hello, my invoice is wrong"))
+        until(lambda: jira.fake.issue_keys(), "the fake Jira to get an issue")
+        key = jira.fake.issue_keys()[0]
+        conv = page.locator("li.conv").filter(has_text="Ana Souza")
+        expect(conv.locator(".marker.jira")).to_have_text(key)
+        conv.get_by_role("button").click()
+        expect(page.get_by_role("switch", name="Jira")).to_be_checked()
+        expect(page.locator(".switches .marker.jira")).to_have_text(key)
+        items = api(gateway.base, token, "GET", "/api/v1/conversations")["items"]
+        assert [i["ticket_key"] for i in items] == [key]
+        shot(page, "inbox-ticket")
+        assert not page.errors, page.errors
+    finally:
+        context.close()
+        jira.close()

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime
+from typing import Any
 
 import structlog
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import HttpProcessingError
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
+from db import ai as ai_db
 from db import conversations, messages
+from db import jira as jira_db
+from db import sessions as sessions_db
 from gateway.api.models import ConversationOut, MessageOut
 from gateway.auth import compat_user, current_user
 from gateway.cursor import decode_cursor, encode_cursor
 from gateway.errors import ApiError, NotFound
-from gateway.keys import POOL, SETTINGS, SUPERVISOR
-from gateway.messaging import allowed, owned_conversation, send_text
+from gateway.keys import POOL, SESSIONS, SETTINGS
+from gateway.messaging import allowed, owned_conversation, queue_cloud_read, send_text
 from gateway.routing import ApiRouter, path_int
 from sessions import ipc
 from sessions.media import MediaStore, StoredMedia, sniff
@@ -32,7 +36,10 @@ MAX_RECEIPT_IDS = 100
 class ReadResult(BaseModel):
     conversation_id: int
     unread_count: int
-    receipt_sent: bool
+    receipt_sent: bool = Field(
+        description="WhatsApp Web: the worker sent the read receipt. Cloud API: the receipt "
+        "of the newest inbound message (it covers the earlier ones) was queued for the Graph API"
+    )
 
 
 @router.post(
@@ -53,7 +60,13 @@ async def mark_read(request: web.Request) -> ReadResult:
     )
     await conversations.mark_read(pool, found["id"])
     sent = False
-    if unread and pending:
+    session = await sessions_db.get(pool, found["session_id"])
+    if session is not None and session.channel == "cloud":
+        if unread and pending:
+            sent = await queue_cloud_read(
+                request.app, found["session_id"], pending[0]["wa_message_id"]
+            )
+    elif unread and pending:
         by_sender: dict[str, list[str]] = {}
         for row in pending:
             by_sender.setdefault(row["sender_jid"] or found["external_id"], []).append(
@@ -61,7 +74,7 @@ async def mark_read(request: web.Request) -> ReadResult:
             )
         try:
             for sender, ids in by_sender.items():
-                await request.app[SUPERVISOR].request(
+                await request.app[SESSIONS].request(
                     found["session_id"],
                     ipc.MarkRead(chat=found["external_id"], sender=sender, message_ids=ids),
                     timeout=15,
@@ -69,7 +82,7 @@ async def mark_read(request: web.Request) -> ReadResult:
             sent = True
         except (SessionUnavailable, CommandFailed, TimeoutError) as exc:
             log.info("read receipt not sent", conversation_id=found["id"], reason=str(exc))
-    await request.app[SUPERVISOR].publish_conversation(found["session_id"], found["id"])
+    await request.app[SESSIONS].publish_conversation(found["session_id"], found["id"])
     return ReadResult(conversation_id=found["id"], unread_count=0, receipt_sent=sent)
 
 
@@ -119,9 +132,16 @@ async def list_conversations(request: web.Request, query: ConversationQuery) -> 
     if more and rows:
         last = rows[-1]
         next_cursor = encode_cursor(last["last_message_at"], last["id"])
+    keys = await jira_db.ticket_keys(request.app[POOL], [int(r["id"]) for r in rows])
     return ConversationPage(
-        items=[ConversationOut.from_row(r) for r in rows], next_cursor=next_cursor
+        items=[ConversationOut.from_row(r, keys.get(int(r["id"]))) for r in rows],
+        next_cursor=next_cursor,
     )
+
+
+async def _with_ticket(request: web.Request, row: dict[str, Any]) -> ConversationOut:
+    keys = await jira_db.ticket_keys(request.app[POOL], [int(row["id"])])
+    return ConversationOut.from_row(row, keys.get(int(row["id"])))
 
 
 @router.get(
@@ -134,7 +154,7 @@ async def get_conversation(request: web.Request) -> ConversationOut:
     found = await owned_conversation(
         request.app, current_user(request), path_int(request, "conversation_id")
     )
-    return ConversationOut.from_row(found)
+    return await _with_ticket(request, found)
 
 
 class ConversationPatch(BaseModel):
@@ -151,11 +171,20 @@ class ConversationPatch(BaseModel):
     summary="Switch the AI responder or the Jira bridge, archive, label",
     body=ConversationPatch,
     response=ConversationOut,
-    errors=(404,),
+    errors=(404, 422),
 )
 async def patch_conversation(request: web.Request, body: ConversationPatch) -> ConversationOut:
     user = current_user(request)
     found = await owned_conversation(request.app, user, path_int(request, "conversation_id"))
+    if body.personality_id is not None:
+        personality = await ai_db.get_personality(request.app[POOL], body.personality_id)
+        if personality is None or personality.user_id != found["owner_id"]:
+            # Someone else's personality is as unknown as one that does not exist.
+            raise ApiError(
+                422,
+                f"no personality {body.personality_id} (see GET /api/v1/personalities)",
+                code="unknown_personality",
+            )
     labels = None
     if body.labels is not None:
         labels = sorted({label.strip() for label in body.labels if label.strip()})
@@ -170,10 +199,10 @@ async def patch_conversation(request: web.Request, body: ConversationPatch) -> C
         personality_id=body.personality_id,
         labels=labels,
     )
-    await request.app[SUPERVISOR].publish_conversation(found["session_id"], found["id"])
+    await request.app[SESSIONS].publish_conversation(found["session_id"], found["id"])
     updated = await conversations.get(request.app[POOL], found["id"])
     assert updated is not None
-    return ConversationOut.from_row(updated)
+    return await _with_ticket(request, updated)
 
 
 class MessageQuery(BaseModel):
@@ -220,9 +249,26 @@ async def list_messages(request: web.Request, query: MessageQuery) -> MessagePag
     )
 
 
+class LocationIn(BaseModel):
+    latitude: float = Field(ge=-90, le=90)
+    longitude: float = Field(ge=-180, le=180)
+    name: str | None = Field(default=None, max_length=1000)
+    address: str | None = Field(default=None, max_length=1000)
+
+
 class SendRequest(BaseModel):
-    text: str = Field(min_length=1, max_length=65536)
+    text: str | None = Field(default=None, min_length=1, max_length=65536)
     reply_to: int | None = Field(default=None, description="Id of the message to quote")
+    location: LocationIn | None = Field(
+        default=None,
+        description="Send a location instead of text (Cloud API numbers; 422 on WhatsApp Web)",
+    )
+
+    @model_validator(mode="after")
+    def _text_or_location(self) -> SendRequest:
+        if (self.text is None) == (self.location is None):
+            raise ValueError("give `text` or `location` (one of them)")
+        return self
 
 
 class SendForm(BaseModel):
@@ -277,15 +323,16 @@ async def read_upload(request: web.Request) -> tuple[StoredMedia, str | None, st
 
 @router.post(
     "/api/v1/conversations/{conversation_id}/messages",
-    summary="Send a text message (queued: 202 with the message `pending`)",
+    summary="Send a text message, a location or an attachment (queued: 202, `pending`)",
     description="Honours `Idempotency-Key`: the same key returns the same message and sends "
     "nothing twice. 409 when the account cannot send (logged out, banned, ...): nothing is "
-    "queued then.",
+    "queued then. Cloud API numbers: 422 `window_closed` outside the 24-hour window; a "
+    "`location` is sent from Cloud API numbers only (422 `location_unsupported` otherwise).",
     body=SendRequest,
     form=SendForm,
     response=MessageOut,
     status=202,
-    errors=(404, 409, 413, 415),
+    errors=(404, 409, 413, 415, 422),
 )
 async def send_message(request: web.Request, body: SendRequest | None) -> MessageOut:
     key = request.headers.get("Idempotency-Key")
@@ -306,13 +353,15 @@ async def send_message(request: web.Request, body: SendRequest | None) -> Messag
             filename=filename,
         )
     else:
+        location = body.location.model_dump(exclude_none=True) if body.location else None
         message, _new = await send_text(
             request.app,
             user,
             conversation_id,
-            body.text,
+            body.text or (location or {}).get("name") or "",
             reply_to=body.reply_to,
             idempotency_key=key,
+            location=location,
         )
     return MessageOut.from_row(message)
 

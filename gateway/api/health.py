@@ -9,7 +9,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from db import migrate
-from gateway.keys import POOL, READINESS, REGISTRY
+from gateway.keys import METRICS, POOL, READINESS, REGISTRY
 from gateway.routing import ApiRouter
 
 router = ApiRouter("health")
@@ -67,5 +67,6 @@ async def readyz(request: web.Request) -> web.Response:
 
 @router.get("/metrics", summary="Prometheus metrics", auth="public")
 async def metrics(request: web.Request) -> web.Response:
+    await request.app[METRICS].refresh()
     payload = generate_latest(request.app[REGISTRY])
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})

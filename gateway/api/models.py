@@ -54,7 +54,7 @@ class ConversationOut(BaseModel):
     participants: list[dict[str, Any]] | None
 
     @classmethod
-    def from_row(cls, row: dict[str, Any]) -> ConversationOut:
+    def from_row(cls, row: dict[str, Any], ticket_key: str | None = None) -> ConversationOut:
         last = None
         if row.get("last_id") is not None:
             text = row["last_text"]
@@ -90,6 +90,7 @@ class ConversationOut(BaseModel):
             ai_active=row["ai_active"],
             no_ac_ai=row["no_ac_ai"],
             jira_bridge=row["jira_bridge"],
+            ticket_key=ticket_key,
             personality_id=row["personality_id"],
             needs_human=row["needs_human"],
             participants=_json(row["participants"]),

@@ -13,14 +13,15 @@ from typing import Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from db import sessions as sessions_db
 from db.sessions import Session
 from db.users import User
 from gateway.auth import compat_user, current_user
+from gateway.cloud.service import NumberTaken
 from gateway.errors import ApiError, Conflict, NotFound
-from gateway.keys import POOL, SETTINGS, SUPERVISOR
+from gateway.keys import CLOUD, POOL, SESSIONS, SETTINGS, SUPERVISOR
 from gateway.qr import qr_data_url
 from gateway.routing import ApiRouter, path_int
 from sessions import ipc
@@ -35,6 +36,50 @@ QR_WAIT_SECONDS = 8.0
 
 class SessionCreate(BaseModel):
     name: str = Field(min_length=1, max_length=100)
+    channel: Literal["web", "cloud"] = Field(
+        default="web", description="`web`: linked by QR code; `cloud`: a Cloud API number"
+    )
+    phone_number_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^\d+$", description="cloud only"
+    )
+    waba_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^\d+$", description="cloud only"
+    )
+    access_token: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="cloud only; never returned"
+    )
+    app_secret: str | None = Field(
+        default=None, min_length=1, max_length=512, description="cloud only; never returned"
+    )
+    verify_token: str | None = Field(
+        default=None, min_length=1, max_length=512, description="cloud only; never returned"
+    )
+    coexistence: bool = Field(
+        default=False, description="cloud only: the number is also on the WhatsApp Business app"
+    )
+    messages_per_second: int | None = Field(
+        default=None, ge=1, le=1000, description="cloud only: send at most this many per second"
+    )
+
+    @model_validator(mode="after")
+    def _cloud_fields(self) -> SessionCreate:
+        if self.channel == "cloud":
+            missing = [
+                name
+                for name in ("phone_number_id", "access_token", "app_secret")
+                if not getattr(self, name)
+            ]
+            if missing:
+                raise ValueError(f"a cloud number needs {', '.join(missing)}")
+        return self
+
+
+class CloudNumberOut(BaseModel):
+    phone_number_id: str
+    waba_id: str | None
+    coexistence: bool
+    verify_token_set: bool
+    messages_per_second: int
 
 
 class WorkerStats(BaseModel):
@@ -65,6 +110,9 @@ class SessionOut(BaseModel):
     connected_at: datetime | None
     created_at: datetime
     worker: WorkerStats | None = None
+    cloud: CloudNumberOut | None = Field(
+        default=None, description="Cloud API numbers: their ids (secrets are never shown)"
+    )
 
 
 class SessionList(BaseModel):
@@ -103,6 +151,23 @@ def session_out(request: web.Request, session: Session) -> SessionOut:
         connected_at=session.connected_at,
         created_at=session.created_at,
         worker=WorkerStats(**stats.__dict__) if stats else None,
+        cloud=_cloud_out(request, session),
+    )
+
+
+def _cloud_out(request: web.Request, session: Session) -> CloudNumberOut | None:
+    if session.channel != "cloud":
+        return None
+    service = request.app[CLOUD]
+    number = service.number(session.id)
+    if number is None:
+        return None
+    return CloudNumberOut(
+        phone_number_id=number.phone_number_id,
+        waba_id=number.waba_id,
+        coexistence=number.coexistence,
+        verify_token_set=bool(number.verify_token),
+        messages_per_second=service.messages_per_second(number),
     )
 
 
@@ -145,8 +210,34 @@ async def create_session(request: web.Request, body: SessionCreate) -> SessionOu
                 "(WAGATE_MAX_SESSIONS_PER_USER)",
                 code="session_limit",
             )
-        session = await sessions_db.create(conn, owner_id=user.id, name=body.name)
-    await request.app[SUPERVISOR].start_session(session.id)
+        if body.channel == "cloud":
+            assert body.phone_number_id
+            assert body.access_token
+            assert body.app_secret
+            try:
+                sid = await request.app[CLOUD].create_number(
+                    owner_id=user.id,
+                    name=body.name,
+                    phone_number_id=body.phone_number_id,
+                    waba_id=body.waba_id,
+                    access_token=body.access_token,
+                    app_secret=body.app_secret,
+                    verify_token=body.verify_token,
+                    coexistence=body.coexistence,
+                    messages_per_second=body.messages_per_second,
+                    conn=conn,
+                )
+            except NumberTaken as exc:
+                raise Conflict(
+                    "this phone number id is already a session", code="number_taken"
+                ) from exc
+        else:
+            session = await sessions_db.create(conn, owner_id=user.id, name=body.name)
+    if body.channel == "cloud":
+        await request.app[CLOUD].numbers.load()  # now that it is committed
+        log.info("cloud number created", session_id=sid)
+        return session_out(request, await _reload(request, sid))
+    await request.app[SESSIONS].start_session(session.id)
     log.info("session created", session_id=session.id)
     return session_out(request, await _reload(request, session.id))
 
@@ -178,7 +269,7 @@ async def start_session(request: web.Request) -> SessionOut:
     session = await _session_from_path(request)
     if session.channel != "web":
         raise Conflict("Cloud API numbers are not started or stopped")
-    await request.app[SUPERVISOR].start_session(session.id)
+    await request.app[SESSIONS].start_session(session.id)
     return session_out(request, await _reload(request, session.id))
 
 
@@ -186,11 +277,13 @@ async def start_session(request: web.Request) -> SessionOut:
     "/api/v1/sessions/{session_id}/stop",
     summary="Stop the session (stays linked; start resumes it without a QR)",
     response=SessionOut,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def stop_session(request: web.Request) -> SessionOut:
     session = await _session_from_path(request)
-    await request.app[SUPERVISOR].stop_session(session.id)
+    if session.channel != "web":
+        raise Conflict("Cloud API numbers are not started or stopped")
+    await request.app[SESSIONS].stop_session(session.id)
     return session_out(request, await _reload(request, session.id))
 
 
@@ -198,11 +291,13 @@ async def stop_session(request: web.Request) -> SessionOut:
     "/api/v1/sessions/{session_id}/logout",
     summary="Unlink the device from WhatsApp and stop",
     response=SessionOut,
-    errors=(404,),
+    errors=(404, 409),
 )
 async def logout_session(request: web.Request) -> SessionOut:
     session = await _session_from_path(request)
-    await request.app[SUPERVISOR].logout(session.id)
+    if session.channel != "web":
+        raise Conflict("Cloud API numbers are not linked devices; delete the session instead")
+    await request.app[SESSIONS].logout(session.id)
     return session_out(request, await _reload(request, session.id))
 
 
@@ -214,11 +309,13 @@ async def logout_session(request: web.Request) -> SessionOut:
 )
 async def delete_session(request: web.Request) -> None:
     session = await _session_from_path(request)
-    supervisor = request.app[SUPERVISOR]
-    if session.jid:
-        await supervisor.logout(session.id)
-    await supervisor.forget(session.id)
+    directory = request.app[SESSIONS]
+    if session.jid and session.channel == "web":
+        await directory.logout(session.id)
+    await directory.forget(session.id)
     await sessions_db.delete(request.app[POOL], session.id)
+    if session.channel == "cloud":
+        await request.app[CLOUD].numbers.load()
     log.info("session deleted", session_id=session.id)
 
 
@@ -232,7 +329,7 @@ async def get_qr(request: web.Request) -> QrOut:
     session = await _session_from_path(request)
     if session.state == "connected":
         raise Conflict("the session is already connected", code="already_connected")
-    qr = request.app[SUPERVISOR].qr(session.id)
+    qr = await request.app[SESSIONS].qr(session.id)
     if qr is None:
         raise Conflict(
             f"no QR code to show: the session is {session.state}"
@@ -265,7 +362,7 @@ async def pair_phone(request: web.Request, body: PairPhoneRequest) -> PairPhoneO
     if session.state == "connected":
         raise Conflict("the session is already linked and connected", code="already_connected")
     try:
-        result = await request.app[SUPERVISOR].request(
+        result = await request.app[SESSIONS].request(
             session.id, ipc.PairPhone(phone=phone.lstrip("+")), timeout=30
         )
     except SessionUnavailable as exc:
@@ -299,7 +396,7 @@ class CompatQr(BaseModel):
 async def compat_qr(request: web.Request) -> CompatQr:
     user = await compat_user(request)
     pool = request.app[POOL]
-    supervisor = request.app[SUPERVISOR]
+    directory = request.app[SESSIONS]
     wanted = request.query.get("sessionId")
     if wanted is not None:
         if not wanted.isdigit() or len(wanted) > 18:
@@ -317,10 +414,13 @@ async def compat_qr(request: web.Request) -> CompatQr:
         return CompatQr(
             success=True, message="already connected", connected=True, data=CompatQrData(qr=None)
         )
-    if supervisor.qr(session.id) is None and session.state not in ("starting", "qr_required"):
-        await supervisor.start_session(session.id)
+    if await directory.qr(session.id) is None and session.state not in (
+        "starting",
+        "qr_required",
+    ):
+        await directory.start_session(session.id)
     deadline = asyncio.get_running_loop().time() + QR_WAIT_SECONDS
-    while (qr := supervisor.qr(session.id)) is None:
+    while (qr := await directory.qr(session.id)) is None:
         if asyncio.get_running_loop().time() > deadline:
             current = await _reload(request, session.id)
             return CompatQr(

@@ -61,7 +61,7 @@ class SentItems(BaseModel):
 
 async def phone_for(request: web.Request) -> Phone:
     session = await _session_from_path(request)
-    server = FakeWhatsApp(request.app[SETTINGS].data_dir / "fake-wa")
+    server = FakeWhatsApp(request.app[SETTINGS].shared_path / "fake-wa")
     return Phone(server, session.id)
 
 

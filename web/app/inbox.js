@@ -230,6 +230,9 @@ export async function renderInbox(view) {
         h("h2", { id: "thread-title", tabindex: "-1" }, displayName(conv)),
         h("span", { class: "muted" }, conv.contact?.phone ? `+${conv.contact.phone}` : conv.external_id),
         conv.needs_human ? h("span", { class: "marker human" }, t("inbox.needs_human")) : null,
+        conv.needs_human
+          ? h("button", { type: "button", class: "link ai-resume", onclick: resumeAi }, t("ai.resume"))
+          : null,
       ),
       h(
         "div",
@@ -239,6 +242,19 @@ export async function renderInbox(view) {
         conv.ticket_key ? h("span", { class: "marker jira" }, conv.ticket_key) : null,
       ),
     );
+  }
+
+  async function resumeAi() {
+    try {
+      await api(`/api/v1/conversations/${state.current.id}/ai/resume`, { method: "POST" });
+      state.current = await api(`/api/v1/conversations/${state.current.id}`);
+      const i = state.conversations.findIndex((c) => c.id === state.current.id);
+      if (i >= 0) state.conversations[i] = state.current;
+      renderList();
+      renderHead();
+    } catch (err) {
+      composerError.textContent = err.message;
+    }
   }
 
   async function patch(changes, box) {

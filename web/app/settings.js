@@ -1,14 +1,27 @@
-// Settings: where Jira, the AI responder and Cloud API numbers will be configured.
+// Settings: outgoing webhooks, the Jira bridge, the AI responder; where Cloud API numbers will
+// be configured.
 
+import { renderAi } from "./ai.js";
 import { clear, h } from "./dom.js";
 import { t } from "./i18n.js";
+import { renderJira } from "./jira.js";
+import { renderWebhooks } from "./webhooks.js";
 
-const SECTIONS = ["jira", "ai", "cloud"];
+const SECTIONS = ["cloud"];
 
 export function renderSettings(view) {
+  const webhooks = h("section", {
+    class: "card settings-section",
+    "aria-labelledby": "settings-webhooks",
+  });
+  const jira = h("section", { class: "card settings-section", "aria-labelledby": "settings-jira" });
+  const ai = h("section", { class: "card settings-section", "aria-labelledby": "settings-ai" });
   clear(
     view,
     h("h1", {}, t("nav.settings")),
+    webhooks,
+    jira,
+    ai,
     SECTIONS.map((name) =>
       h(
         "section",
@@ -18,4 +31,11 @@ export function renderSettings(view) {
       ),
     ),
   );
+  renderAi(ai);
+  const stopJira = renderJira(jira);
+  const stopWebhooks = renderWebhooks(webhooks);
+  return () => {
+    stopJira();
+    stopWebhooks();
+  };
 }
