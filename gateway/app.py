@@ -76,6 +76,7 @@ from gateway.realtime import attach_realtime
 from gateway.routing import ApiRouter
 from gateway.security import PasswordService, SecretBox, TokenService
 from gateway.settings import Settings, max_body_bytes
+from gateway.targets import GuardedResolver
 from gateway.web import add_web_routes
 from gateway.webhooks import WebhookDispatcher, webhook_config
 from sessions.supervisor import SessionSupervisor, SupervisorConfig, device_store_url
@@ -287,7 +288,14 @@ async def _jira(app: web.Application) -> AsyncIterator[None]:
 
 async def _ai(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    http = aiohttp.ClientSession()
+    http = aiohttp.ClientSession()  # the administrator's WAGATE_AI_BASE_URL
+    guarded = aiohttp.ClientSession(  # operators' own base URLs: public addresses only
+        connector=aiohttp.TCPConnector(
+            resolver=GuardedResolver(
+                allow_private=settings.ai_allow_private, setting="WAGATE_AI_ALLOW_PRIVATE"
+            )
+        )
+    )
     responder = AiResponder(
         app[POOL],
         app[DATABASE_URL],
@@ -295,6 +303,7 @@ async def _ai(app: web.Application) -> AsyncIterator[None]:
         settings,
         SecretBox(settings.resolved_secret_key()),
         http,
+        guarded_http=guarded,
         request=app[SESSIONS].request,
         metrics=app[METRICS],
     )
@@ -305,6 +314,7 @@ async def _ai(app: web.Application) -> AsyncIterator[None]:
     finally:
         await _bounded("ai responder", 4.0, responder.stop())
         await _bounded("ai http client", 2.0, http.close())
+        await _bounded("ai guarded http client", 2.0, guarded.close())
 
 
 def create_app(

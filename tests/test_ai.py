@@ -575,11 +575,14 @@ def dataclass_replace(obj: Any, **changes: Any) -> Any:
 
 def test_the_formatter_trims_marks_up_caps_and_splits() -> None:
     out = ai_text.format_reply(
-        "  # Title\r\n\r\n\r\n\r\nSome **bold** and *italic* and __strong__.\n- one\n- two  \n",
+        "  # Title\r\n\r\n\r\n\r\nSome **bold** and _italic_ and __strong__.\n- one\n- two  \n",
         max_chars=500,
         split_chars=500,
     )
     assert out == ["*Title*\n\nSome *bold* and _italic_ and *strong*.\n• one\n• two"]
+    # WhatsApp's own markup (what the prompt asks for, what articles are written in) is kept.
+    whatsapp = "Our *opening hours* are _9 to 5_, ~not weekends~."
+    assert ai_text.format_reply(whatsapp, max_chars=500, split_chars=500) == [whatsapp]
     long = " ".join(f"Sentence number {i} is here." for i in range(100))
     parts = ai_text.format_reply(long, max_chars=1000, split_chars=300)
     assert all(len(part) <= 300 for part in parts)
@@ -595,10 +598,23 @@ def test_language_and_handoff_phrases() -> None:
     assert ai_text.detect_language("What time do you open?") == "en"
     assert ai_text.detect_language("¿A qué hora abren?") == "es"
     assert ai_text.detect_language("Qual é o horário? Não sei") == "pt"
-    assert ai_text.asks_for_person("quiero hablar con una persona") == "una persona"
+    assert ai_text.asks_for_person("quiero hablar con una persona") == "hablar con una persona"
     assert ai_text.asks_for_person("Falar com alguém, por favor") == "falar com alguem"
-    assert ai_text.asks_for_person("a HUMAN please") == "human"
-    assert ai_text.asks_for_person("humanitarian aid for my personal account") is None
+    assert ai_text.asks_for_person("a HUMAN please") == "a human please"
+    assert ai_text.asks_for_person("Can I speak to an agent?") == "speak to an agent"
+    assert ai_text.asks_for_person("Pásame con un asesor") == "pasame con un asesor"
+    assert ai_text.asks_for_person("Preciso de um atendente") == "preciso de um atendente"
+    # Words about people that are not a request for one.
+    for not_a_request in (
+        "humanitarian aid for my personal account",
+        "Do you have a job in human resources?",
+        "The operator of the machine says error 5",
+        "What are your customer service hours?",
+        "Mesa para una persona, por favor",
+        "El representante legal firma el contrato",
+        "O atendente da loja foi ótimo",
+    ):
+        assert ai_text.asks_for_person(not_a_request) is None, not_a_request
 
 
 async def test_a_chat_takes_only_its_owners_personality(

@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from gateway.targets import GuardedResolver
 from gateway.webhook_http import Target, WebhookConnection, WebhookHttpError
-from gateway.webhooks import GuardedResolver
 
 
 @pytest.fixture

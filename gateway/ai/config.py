@@ -15,6 +15,7 @@ from gateway.settings import Settings
 class AiConfig:
     provider: str
     base_url: str
+    base_url_trusted: bool  # the administrator's WAGATE_AI_BASE_URL, not an operator's choice
     model: str
     api_key: str | None
     api_key_set: bool
@@ -37,6 +38,7 @@ def effective(row: AiSettingsRow, settings: Settings, box: SecretBox) -> AiConfi
     return AiConfig(
         provider=row.provider or settings.ai_provider,
         base_url=row.base_url or settings.ai_base_url,
+        base_url_trusted=not row.base_url,
         model=row.model or settings.ai_model,
         api_key=api_key,
         api_key_set=api_key is not None,

@@ -21,6 +21,7 @@ from db import kb
 from db.ai import Personality
 from db.kb import Hit
 from gateway.ai.text import LANGUAGES
+from gateway.targets import url_refusal
 
 # What a model writes to hand the chat over to a person.
 HANDOFF_TOKEN = "[HANDOFF]"
@@ -53,6 +54,10 @@ class ModelConfig:
     api_key: str | None
     timeout: float
     articles: int
+    # An operator's own base_url goes through the guarded client (public addresses only unless
+    # WAGATE_AI_ALLOW_PRIVATE); the administrator's WAGATE_AI_BASE_URL (an Ollama on loopback,
+    # say) through the plain one.
+    trusted: bool = True
 
 
 class ProviderError(Exception):
@@ -133,8 +138,17 @@ def chat_messages(question: Question, hits: list[Hit]) -> list[dict[str, str]]:
 class OpenAiProvider:
     name = "openai"
 
-    def __init__(self, http: aiohttp.ClientSession, kb_provider: KbProvider) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        kb_provider: KbProvider,
+        *,
+        guarded_http: aiohttp.ClientSession | None = None,
+        allow_private: bool = False,
+    ) -> None:
         self._http = http
+        self._guarded = guarded_http or http
+        self._allow_private = allow_private
         self._kb = kb_provider
 
     async def answer(self, question: Question, config: ModelConfig) -> Answer:
@@ -148,9 +162,20 @@ class OpenAiProvider:
         if config.api_key:
             headers["Authorization"] = f"Bearer {config.api_key}"
         url = config.base_url.rstrip("/") + "/chat/completions"
+        http = self._http
+        if not config.trusted:
+            http = self._guarded
+            # Checked again at every call: the setting may have changed since the URL was saved.
+            refusal = url_refusal(
+                url, allow_private=self._allow_private, setting="WAGATE_AI_ALLOW_PRIVATE"
+            )
+            if refusal is not None:
+                raise ProviderError("refused", refusal)
         try:
             async with asyncio.timeout(config.timeout):
-                async with self._http.post(url, data=json.dumps(body), headers=headers) as resp:
+                async with http.post(
+                    url, data=json.dumps(body), headers=headers, allow_redirects=False
+                ) as resp:
                     raw = await resp.read()
                     status = resp.status
         except TimeoutError as exc:
@@ -163,6 +188,8 @@ class OpenAiProvider:
             raise ProviderError("rate_limited", "the endpoint answered 429")
         if status >= 500:
             raise ProviderError("http_5xx", f"the endpoint answered {status}")
+        if 300 <= status < 400:
+            raise ProviderError("redirect", f"the endpoint answered {status} (not followed)")
         if status >= 400:
             raise ProviderError("http_4xx", f"the endpoint answered {status}: {raw[:200]!r}")
         try:

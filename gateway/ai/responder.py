@@ -109,6 +109,7 @@ class AiResponder:
         box: SecretBox,
         http: aiohttp.ClientSession,
         *,
+        guarded_http: aiohttp.ClientSession | None = None,
         request: Requester | None = None,
         metrics: Metrics | None = None,
         refresh_seconds: float = REFRESH_SECONDS,
@@ -123,7 +124,9 @@ class AiResponder:
         self._refresh = refresh_seconds
         self.limits = limits_of(settings)
         self.kb = KbProvider(pool)
-        self.openai = OpenAiProvider(http, self.kb)
+        self.openai = OpenAiProvider(
+            http, self.kb, guarded_http=guarded_http, allow_private=settings.ai_allow_private
+        )
         self._unsubscribe: Callable[[], None] | None = None
         self._lock_conn: asyncpg.Connection | None = None
         self._holding = False
@@ -427,6 +430,7 @@ class AiResponder:
                         api_key=config.api_key,
                         timeout=config.timeout_seconds,
                         articles=self.limits.articles,
+                        trusted=config.base_url_trusted,
                     ),
                 )
             except ProviderError as exc:

@@ -40,56 +40,56 @@ def detect_language(text: str, default: str = "en") -> str:
     return default if default in leaders else leaders[0]
 
 
-# Asking for a person, per language (matched on folded text, at word boundaries).
-HANDOFF_PHRASES = {
+# Asking for a person, per language, matched on folded text at word boundaries. A bare noun
+# ("human resources", "the machine's operator", "customer service hours?") is not a request:
+# each pattern needs a verb of talking with its person, or a phrase that only names one.
+_PEOPLE = {
+    "en": r"(?:a |an |the |some |your |one of your )?(?:real |live |human )?"
+    r"(?:human(?: being)?|person|people|agent|representative|rep|operator|someone|somebody"
+    r"|staff|member of (?:your |the )?(?:staff|team))",
+    "es": r"(?:un |una |el |la |alguno de sus |algun )?"
+    r"(?:humano|persona|agente|asesor|asesora|operador|operadora|representante|alguien"
+    r"|ejecutivo|ejecutiva)(?: real| humano| humana)?",
+    "pt": r"(?:um |uma |o |a |algum )?"
+    r"(?:humano|pessoa|atendente|agente|operador|operadora|representante|alguem)"
+    r"(?: real| humano| humana)?",
+}
+HANDOFF_PATTERNS = {
     "en": [
-        "human",
-        "real person",
-        "a person",
-        "an agent",
-        "live agent",
-        "representative",
-        "talk to someone",
-        "speak to someone",
-        "talk to a person",
-        "speak with someone",
-        "operator",
-        "customer service",
+        r"(?:talk|speak|chat)(?:ing)? (?:to|with) " + _PEOPLE["en"],
+        r"(?:connect|transfer|put) me (?:to|with|through to) " + _PEOPLE["en"],
+        r"(?:want|need|get) (?:a |an )?(?:real person|human|live agent|human agent)",
+        r"real person",
+        r"live agent",
+        r"human agent",
+        r"(?:a|an) human(?! resources| rights)(?: please)?",
     ],
     "es": [
-        "humano",
-        "una persona",
-        "persona real",
-        "un agente",
-        "asesor",
-        "asesora",
-        "representante",
-        "hablar con alguien",
-        "operador",
-        "operadora",
-        "atencion al cliente",
+        r"(?:hablar|comunicarme|conversar|chatear|contactar) con " + _PEOPLE["es"],
+        r"(?:pasame|paseme|pasarme|comunicame|comuniqueme) con " + _PEOPLE["es"],
+        r"persona real",
+        r"agente humano",
+        r"atencion humana",
+        r"(?:quiero|necesito) (?:un humano|una persona|un agente|un asesor|una asesora)",
     ],
     "pt": [
-        "humano",
-        "uma pessoa",
-        "pessoa real",
-        "atendente",
-        "um agente",
-        "falar com alguem",
-        "representante",
-        "operador",
-        "operadora",
+        r"(?:falar|conversar|papear) com " + _PEOPLE["pt"],
+        r"(?:me passa|me transfere|transferir) (?:para|pra) " + _PEOPLE["pt"],
+        r"pessoa real",
+        r"atendente humano",
+        r"atendimento humano",
+        r"(?:quero|preciso de) (?:um humano|uma pessoa|um atendente|uma atendente|um agente)",
     ],
 }
 _HANDOFF = {
-    lang: re.compile(r"\b(" + "|".join(re.escape(p) for p in phrases) + r")\b")
-    for lang, phrases in HANDOFF_PHRASES.items()
+    lang: re.compile(r"\b(" + "|".join(patterns) + r")\b")
+    for lang, patterns in HANDOFF_PATTERNS.items()
 }
 
 
 def asks_for_person(text: str) -> str | None:
-    """The phrase with which the customer asks for a person (any of the languages), or None."""
-    folded = fold(text)
+    """The words with which the customer asks for a person (any of the languages), or None."""
+    folded = re.sub(r"\s+", " ", re.sub(r"[^\w\s]", " ", fold(text)))
     for pattern in _HANDOFF.values():
         found = pattern.search(folded)
         if found:
@@ -111,7 +111,6 @@ def handoff_message(language: str, custom: str | None) -> str:
 # -- the formatter --------------------------------------------------------------------------------
 
 _BOLD = re.compile(r"\*\*(.+?)\*\*|__(.+?)__")
-_ITALIC = re.compile(r"(?<![*\w])\*(?!\s)([^*\n]+?)(?<!\s)\*(?![*\w])")
 _HEADING = re.compile(r"^#{1,6}[ \t]+(.+?)[ \t]*#*$", re.M)
 _BULLET = re.compile(r"^\s*[-+]\s+", re.M)
 _LINK = re.compile(r"\[([^\]\n]+)\]\((https?://[^)\s]+)\)")
@@ -122,10 +121,13 @@ _SENTENCE_END = re.compile(r"[.!?…](?=\s|$)")
 
 
 def to_whatsapp(text: str) -> str:
-    """Markdown a model likes to write -> WhatsApp's markup (*bold*, _italic_, ~strike~)."""
+    """Markdown a model likes to write -> WhatsApp's markup (*bold*, _italic_, ~strike~).
+
+    A single-star span is left alone: it is already WhatsApp's bold, which the prompt asks the
+    model for and knowledge-base articles are written in (Markdown's `_italic_` is WhatsApp's
+    italic as it stands)."""
     text = _LINK.sub(r"\1 (\2)", text)
     text = _HEADING.sub(lambda m: "\x00" + m.group(1) + "\x00", text)
-    text = _ITALIC.sub(r"_\1_", text)  # single-star italics first: bold uses stars too
     text = _BOLD.sub(lambda m: "\x00" + (m.group(1) or m.group(2)) + "\x00", text)
     text = _STRIKE.sub(r"~\1~", text)
     text = _BULLET.sub("• ", text)

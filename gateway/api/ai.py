@@ -29,7 +29,7 @@ from gateway.keys import POOL, SESSIONS, SETTINGS
 from gateway.messaging import owned_conversation
 from gateway.routing import ApiRouter, path_int
 from gateway.security import SecretBox
-from gateway.webhooks import UrlRefused, check_url
+from gateway.targets import UrlRefused, check_url
 
 router = ApiRouter("ai")
 log = structlog.get_logger(__name__)
@@ -126,7 +126,9 @@ async def patch_ai_settings(request: web.Request, body: AiSettingsPatch) -> AiSe
         elif name == "base_url" and body.base_url is not None:
             try:
                 values["base_url"] = check_url(
-                    body.base_url, allow_private=request.app[SETTINGS].ai_allow_private
+                    body.base_url,
+                    allow_private=request.app[SETTINGS].ai_allow_private,
+                    setting="WAGATE_AI_ALLOW_PRIVATE",
                 ).rstrip("/")
             except UrlRefused as exc:
                 raise _invalid("base_url", str(exc)) from exc

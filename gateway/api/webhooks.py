@@ -22,7 +22,8 @@ from gateway.auth import current_user
 from gateway.errors import ApiError, NotFound
 from gateway.keys import POOL, SETTINGS, WEBHOOKS
 from gateway.routing import ApiRouter, path_int
-from gateway.webhooks import EventName, UrlRefused, check_url, notify_changed
+from gateway.targets import UrlRefused, check_url
+from gateway.webhooks import EventName, notify_changed
 
 router = ApiRouter("webhooks")
 log = structlog.get_logger(__name__)
