@@ -76,13 +76,14 @@ RETURNING {COLUMNS}
 _DELETE = "DELETE FROM kb_articles WHERE id = $1"
 _COUNT = "SELECT count(*) FROM kb_articles WHERE user_id = $1"
 
-# The question's searchable words, stemmed in the language tried, and whether any article of
-# that language has any of them (a language without one costs this one round trip).
+# The question's searchable words, stemmed in the language tried, and those of them that some
+# article of that language has (none: nothing in that language can answer; one indexed lookup).
 _WORDS = """
-SELECT tsvector_to_array(to_tsvector(wagate_kb_config($2), $3)) AS words,
-       EXISTS (SELECT 1 FROM kb_articles
-               WHERE user_id = $1 AND language = $2
-                 AND search_vector @@ wagate_kb_query(wagate_kb_config($2), $3)) AS any_match
+SELECT q.words,
+       ARRAY(SELECT k.lexeme FROM kb_lexemes AS k
+             WHERE k.user_id = $1 AND k.language = $2 AND k.lexeme = ANY (q.words)
+             ORDER BY k.lexeme) AS known
+FROM (SELECT tsvector_to_array(to_tsvector(wagate_kb_config($2), $3)) AS words) AS q
 """
 # Candidates matching `$3` (at most $5 of them: ranking every match is what costs), then the
 # best by coverage of the question's words ($4), then by `ts_rank_cd`.
@@ -198,9 +199,10 @@ async def search(
     best: list[Hit] = []
     for position, language in enumerate(languages):
         found = await conn.fetchrow(_WORDS, user_id, language, question)
-        if found is None or not found["any_match"]:
+        if found is None or not found["known"]:
             continue
-        hits = await _search_in(conn, user_id, language, list(found["words"] or []), limit)
+        words = list(found["words"] or [])
+        hits = await _search_in(conn, user_id, language, words, list(found["known"]), limit)
         if position == 0 and hits:
             return [Hit(h.article, h.score, h.rank, True) for h in hits]
         if hits and (not best or hits[0].score > best[0].score):
@@ -209,10 +211,12 @@ async def search(
 
 
 async def _search_in(
-    conn: Executor, user_id: int, language: str, words: list[str], limit: int
+    conn: Executor, user_id: int, language: str, words: list[str], known: list[str], limit: int
 ) -> list[Hit]:
+    """The levels are built from the `known` words (those some article has); the score is the
+    share of all the question's `words` an article has."""
     hits: list[Hit] = []
-    for query in levels(words):
+    for query in levels(known):
         rows = await conn.fetch(
             _RANKED,
             user_id,

@@ -203,6 +203,44 @@ async def test_the_best_ranked_article_wins_and_search_shows_scores(
     assert es["language"] == "es"
 
 
+async def test_the_vocabulary_follows_edits_and_unknown_words_still_count(
+    client: Client, admin_token: str, db: asyncpg.Connection
+) -> None:
+    token = admin_token
+
+    async def vocabulary() -> dict[str, int]:
+        rows = await db.fetch(
+            "SELECT lexeme, articles FROM kb_lexemes WHERE language = 'en' ORDER BY lexeme"
+        )
+        return {r["lexeme"]: r["articles"] for r in rows}
+
+    refund = await article(client, token, "Refunds", "A refund takes five days.")
+    await article(client, token, "Shipping", "Shipping takes two days.")
+    words = await vocabulary()
+    assert words["refund"] == 1
+    assert words["day"] == 2
+    assert words["take"] == 2
+    await api(client, token, "PATCH", f"/api/v1/kb/articles/{refund}", body="Money back in a week.")
+    words = await vocabulary()
+    assert words["refund"] == 1  # still in the title
+    assert words["day"] == 1
+    assert words["week"] == 1
+    await api(client, token, "DELETE", f"/api/v1/kb/articles/{refund}")
+    words = await vocabulary()
+    assert "refund" not in words
+    assert "week" not in words
+    assert words["day"] == 1
+
+    # Words no article has are not searched for, but they still count against the score.
+    found = await api(
+        client, token, "GET", "/api/v1/kb/search?q=shipping+days+for+my+bicycle+helmet"
+    )
+    assert found["items"][0]["article"]["title"] == "Shipping"
+    assert found["items"][0]["score"] == pytest.approx(2 / 4)
+    nothing = await api(client, token, "GET", "/api/v1/kb/search?q=bicycle+helmet")
+    assert nothing["items"] == []
+
+
 async def test_low_confidence_and_requests_for_a_person_hand_over(
     client: Client, admin_token: str, settings: Settings, sid: int, db: asyncpg.Connection
 ) -> None:
