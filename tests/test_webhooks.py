@@ -12,6 +12,7 @@ from typing import Any
 import asyncpg
 import pytest
 
+from gateway import targets as targets_mod
 from gateway import webhooks as webhooks_mod
 from gateway.app import create_app
 from gateway.keys import BUS
@@ -254,7 +255,7 @@ async def test_private_addresses_are_refused_when_not_allowed(
     receiver: Receiver,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(webhooks_mod, "ThreadedResolver", RebindingDns)
+    monkeypatch.setattr(targets_mod, "ThreadedResolver", RebindingDns)
     client = await aiohttp_client(create_app(make_settings(tmp_path, db_url)))
     token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
     for url in (
