@@ -161,6 +161,69 @@ async def test_signature_size_and_shape_are_checked_before_anything_is_stored(
     assert await db.fetchval("SELECT count(*) FROM messages") == 0
 
 
+async def test_one_tenants_app_secret_never_writes_into_another_tenants_number(
+    client: Client, token: str, sid: int, db: asyncpg.Connection
+) -> None:
+    """Two operators, two numbers, two app secrets: a payload for B's number signed with A's
+    secret (valid for A, so it passes the first check) is refused 401 and nothing is stored,
+    for message fields and account-level (WABA) fields alike; signed with B's own secret it
+    lands on B's number."""
+    made = await client.post(
+        "/api/v1/users",
+        json={"email": "tenant-b@example.com", "password": "password-123"},
+        headers=bearer(token),
+    )
+    assert made.status == 201, await made.text()
+    other = await login(client, "tenant-b@example.com", "password-123")
+    created = await client.post(
+        "/api/v1/sessions",
+        json={
+            "name": "B's number",
+            "channel": "cloud",
+            "phone_number_id": "777000777",
+            "waba_id": "888000888",
+            "access_token": "b-token",
+            "app_secret": "b-app-secret",
+        },
+        headers=bearer(other),
+    )
+    assert created.status == 201, await created.text()
+    b_session = (await created.json())["id"]
+
+    for_b = inbound(msg("text", {"body": "forged"}), phone_number_id="777000777")
+    resp = await emit(client, for_b)  # signed with A's (the admin's) app secret
+    assert resp.status == 401
+    assert (await resp.json())["error"]["code"] == "bad_signature"
+    for_a = inbound(msg("text", {"body": "forged too"}))
+    assert (await emit(client, for_a, secret="b-app-secret")).status == 401
+    waba_b = {
+        "object": "whatsapp_business_account",
+        "entry": [
+            {
+                "id": "888000888",
+                "changes": [
+                    {
+                        "field": "message_template_status_update",
+                        "value": {"event": "APPROVED", "message_template_name": "x"},
+                    }
+                ],
+            }
+        ],
+    }
+    assert (await emit(client, waba_b)).status == 401
+    assert await db.fetchval("SELECT count(*) FROM cloud_webhook_events") == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0
+    metrics = await (await client.get("/metrics")).text()
+    assert 'wagate_cloud_webhook_requests_total{outcome="bad_signature"} 3.0' in metrics
+
+    await post(client, for_b, secret="b-app-secret")
+    rows = await db.fetch("SELECT session_id, state FROM cloud_webhook_events")
+    assert [r["session_id"] for r in rows] == [b_session]
+    assert rows[0]["state"] != "unknown_number"
+    mine = await client.get("/api/v1/conversations", headers=bearer(token))
+    assert (await mine.json())["items"] == []
+
+
 async def test_unknown_number_is_answered_200_recorded_and_counted(
     client: Client, sid: int, db: asyncpg.Connection
 ) -> None:

@@ -106,17 +106,24 @@ class CloudNumbers:
     def all(self) -> list[CloudNumber]:
         return list(self._by_session.values())
 
-    def signature_matches(self, body: bytes, header: str | None) -> bool:
-        """`sha256=<hex HMAC-SHA256(app secret, body)>` for one of the known app secrets,
-        compared in constant time."""
+    def matching_secrets(self, body: bytes, header: str | None) -> frozenset[bytes]:
+        """The known app secrets whose `sha256=<hex HMAC-SHA256(app secret, body)>` equals the
+        header, every secret compared in constant time (empty when the header is missing)."""
         if not header or not header.startswith("sha256="):
-            return False
+            return frozenset()
         given = header[7:].strip().lower().encode()
-        matched = False
+        matched: set[bytes] = set()
         for secret in self._secrets:
             digest = hmac.new(secret, body, "sha256").hexdigest().encode()
-            matched |= hmac.compare_digest(digest, given)
-        return matched
+            if hmac.compare_digest(digest, given):
+                matched.add(secret)
+        return frozenset(matched)
+
+    @staticmethod
+    def signed_for(number: CloudNumber, matched: frozenset[bytes]) -> bool:
+        """Whether the body was signed with this number's own app secret: a signature made
+        with one tenant's secret must not let a payload land on another tenant's number."""
+        return bool(number.app_secret) and number.app_secret.encode() in matched
 
     def verify_token_matches(self, token: str | None) -> bool:
         """A configured, non-empty verify token equal to `token` (an empty one never matches)."""

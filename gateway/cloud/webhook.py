@@ -98,12 +98,12 @@ async def receive(request: web.Request) -> web.StreamResponse:
         service.webhooks.labels("too_large").inc()
         raise
     signature = request.headers.get("X-Hub-Signature-256")
-    # A number added by another gateway process: look again, at most once a second.
-    if not service.numbers.signature_matches(body, signature) and not (
-        signature
-        and await service.numbers.maybe_reload()
-        and service.numbers.signature_matches(body, signature)
-    ):
+    # Checked over the raw bytes before anything is parsed. A number added by another
+    # gateway process: look again, at most once a second.
+    matched = service.numbers.matching_secrets(body, signature)
+    if not matched and signature and await service.numbers.maybe_reload():
+        matched = service.numbers.matching_secrets(body, signature)
+    if not matched:
         service.webhooks.labels("bad_signature").inc()
         raise _refused(401, "bad_signature", "missing or wrong X-Hub-Signature-256")
     try:
@@ -128,7 +128,18 @@ async def receive(request: web.Request) -> web.StreamResponse:
         owners = [n for w in wabas for n in service.numbers.by_waba_id(w)]
         if wabas and not owners and await service.numbers.maybe_reload():
             owners = [n for w in wabas for n in service.numbers.by_waba_id(w)]
-        known = owners[0] if owners else None
+        signed = [n for n in owners if service.numbers.signed_for(n, matched)]
+        known = signed[0] if signed else None
+        forged = bool(owners) and not signed
+    else:
+        # Every known number the payload names must be one whose own app secret signed
+        # it; otherwise one tenant's secret could write into another tenant's inbox.
+        forged = any(not service.numbers.signed_for(n, matched) for n in numbers if n is not None)
+    if forged:
+        service.webhooks.labels("bad_signature").inc()
+        raise _refused(
+            401, "bad_signature", "X-Hub-Signature-256 is not made with this number's app secret"
+        )
     row = InboxRow(
         event_at=translate.oldest_timestamp(payload),
         phone_number_id=ids[0] if ids else None,
