@@ -95,10 +95,14 @@ UPDATE jira_connections SET state = $2, last_error = $3,
     updated_at = now()
 WHERE user_id = $1
 """
-_SET_ERROR = "UPDATE jira_connections SET last_error = $2, updated_at = now() WHERE user_id = $1"
+_SET_ERROR = "UPDATE jira_connections SET last_error = $2 WHERE user_id = $1"
 _SET_ACCOUNT = """
 UPDATE jira_connections SET account_id = $2, account_name = $3, server_title = $4,
     state = 'active', last_error = NULL, failing_since = NULL, updated_at = now()
+WHERE user_id = $1
+"""
+_REMEMBER_ACCOUNT = """
+UPDATE jira_connections SET account_id = $2, account_name = coalesce($3, account_name)
 WHERE user_id = $1
 """
 _ADVANCE = "UPDATE jira_connections SET last_seq = greatest(last_seq, $2) WHERE user_id = $1"
@@ -159,6 +163,11 @@ async def set_account(
     conn: Executor, user_id: int, account_id: str, name: str | None, title: str | None
 ) -> None:
     await conn.execute(_SET_ACCOUNT, user_id, account_id, name, title)
+
+
+async def remember_account(conn: Executor, user_id: int, account_id: str, name: str | None) -> None:
+    """The integration account learned while working (state and updated_at untouched)."""
+    await conn.execute(_REMEMBER_ACCOUNT, user_id, account_id, name)
 
 
 async def lock_cursor(conn: Executor, user_id: int) -> int | None:

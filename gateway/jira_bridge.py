@@ -255,7 +255,7 @@ class JiraBridge:
         self.config = config or BridgeConfig()
         self.metrics = metrics
         self.threads = JiraThreads(self.config.threads)
-        self._clients: dict[int, tuple[datetime, JiraClient]] = {}
+        self._clients: dict[int, tuple[tuple[str, str, str | None, str], JiraClient]] = {}
         self._wake_feed = asyncio.Event()
         self._wake_jobs = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
@@ -325,13 +325,21 @@ class JiraBridge:
     # -- clients
 
     def client_for(self, connection: Connection) -> JiraClient:
+        # Keyed on the credentials, not on updated_at: state and error bookkeeping touch the
+        # row on every failed call, and a client (its HTTP pool) must outlive those.
+        key = (
+            connection.base_url,
+            connection.auth_kind,
+            connection.email,
+            connection.token_sealed,
+        )
         cached = self._clients.get(connection.user_id)
-        if cached is not None and cached[0] == connection.updated_at:
+        if cached is not None and cached[0] == key:
             return cached[1]
         if cached is not None:
             cached[1].close()
         client = self.make_client(connection)
-        self._clients[connection.user_id] = (connection.updated_at, client)
+        self._clients[connection.user_id] = (key, client)
         return client
 
     def make_client(self, connection: Connection) -> JiraClient:
@@ -365,6 +373,18 @@ class JiraBridge:
         )
         self.changed()
         return {"server": info, "account": me}
+
+    async def _learn_account(self, connection: Connection) -> str | None:
+        """Ask Jira who the integration account is and remember it. A failure here is raised
+        (the job is retried like any other Jira call): an unknown account must not let its
+        comments through to customers."""
+        me = await self.client_for(connection).myself()
+        account = str(me.get("accountId") or me.get("key") or me.get("name") or "")
+        if not account:
+            return None
+        name = me.get("displayName") or me.get("emailAddress") or me.get("name")
+        await jira_db.remember_account(self.pool, connection.user_id, account, name)
+        return account
 
     # -- the feeder: event log -> jobs
 
@@ -924,6 +944,11 @@ class JiraBridge:
             comment_id = str(p["comment_id"])
             if await jira_db.is_our_comment(self.pool, connection.user_id, comment_id):
                 return
+            # The integration account may not be known yet (no `POST /jira/test` was run,
+            # e.g. a bootstrapped connection): learn it before sending anything on.
+            account = connection.account_id or await self._learn_account(connection)
+            if account and account in set(p.get("author_ids") or ()):
+                return
             text = MARKER_RE.sub("", comment_text(p.get("body"))).strip()
             if not text:
                 return
@@ -976,6 +1001,7 @@ class JiraBridge:
                     "comment_id": str(comment.get("id")),
                     "body": comment.get("body"),
                     "author": author.get("displayName"),
+                    "author_ids": sorted(who),
                 }
                 outcome = "queued"
         elif event == "jira:issue_updated":

@@ -121,6 +121,17 @@ async def rows(db_url: str, query: str, *args: Any) -> list[dict[str, Any]]:
         await conn.close()
 
 
+async def recorded(client: Client, token: str, key: str) -> None:
+    """The gateway has stored the ticket's mapping (Jira has the issue a moment earlier, and
+    a webhook about an issue we do not know yet is ignored)."""
+
+    async def known() -> bool:
+        resp = await client.get("/api/v1/jira/tickets", headers=bearer(token))
+        return key in {i["issue_key"] for i in (await resp.json())["items"]}
+
+    await wait_for(known, what=f"the mapping of {key}")
+
+
 def hook_url(client: Client, saved: dict[str, Any]) -> str:
     return str(client.make_url(saved["webhook_url"]))
 
@@ -275,6 +286,7 @@ async def test_resolved_ticket_then_new_message_opens_a_new_one_or_reopens(
     url = hook_url(client, saved)
     say(settings, sid, "first problem")
     key = await one_issue(fake)
+    await recorded(client, token, key)
     await fake.deliver(url, fake.status_event(key, "To Do", "Done"), secret=SECRET)
     await sent_texts(settings, sid, 1)
     say(settings, sid, "another problem")
@@ -282,6 +294,7 @@ async def test_resolved_ticket_then_new_message_opens_a_new_one_or_reopens(
     assert fake.issues[second]["fields"]["summary"].endswith("another problem")
     # With reopening on, the resolved ticket comes back instead.
     await connect(client, token, fake, auto_bridge_session_ids=[sid], reopen_resolved=True)
+    await recorded(client, token, second)
     await fake.deliver(url, fake.status_event(second, "To Do", "Done"), secret=SECRET)
     await sent_texts(settings, sid, 2)
     say(settings, sid, "still broken")
@@ -410,3 +423,56 @@ async def test_webhook_token_and_connection_are_per_operator(
     resp = await client.put("/api/v1/jira/connection", json=body, headers=bearer(token))
     resp = await client.post("/api/v1/jira/test", headers=bearer(token))
     assert (await resp.json())["ok"]
+
+
+async def test_a_bootstrapped_connection_learns_its_integration_account_before_relaying(
+    tmp_path: Path, db_url: str, fake: FakeJira, aiohttp_client: Any
+) -> None:
+    """From `WAGATE_JIRA_*`, with nobody ever pressing "Test connection": the first agent
+    comment makes the bridge ask Jira who it is, so a comment the integration account wrote
+    without our marker (an automation rule, a person logged in as the bot) never reaches the
+    customer, while a real agent's does."""
+    settings = jira_settings(
+        tmp_path,
+        db_url,
+        jira_url=fake.url,
+        jira_email=fj.EMAIL,
+        jira_api_token=fj.API_TOKEN,
+        jira_project_key="sup",
+        jira_webhook_secret=SECRET,
+    )
+    client = await aiohttp_client(create_app(settings))
+    token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    resp = await client.get("/api/v1/jira/connection", headers=bearer(token))
+    assert resp.status == 200, await resp.text()
+    saved = await resp.json()
+    assert (saved["project_key"], saved["auth_kind"], saved["account_id"]) == ("SUP", "cloud", None)
+    assert saved["has_webhook_secret"] is True
+    sid = await link(client, token, settings)
+    say(settings, sid, "Hello")
+
+    async def chat() -> list[dict[str, Any]] | None:
+        return await rows(db_url, "SELECT id FROM conversations") or None
+
+    chats = await wait_for(chat, what="the conversation")
+    resp = await client.patch(
+        f"/api/v1/conversations/{chats[0]['id']}", json={"jira_bridge": True}, headers=bearer(token)
+    )
+    assert resp.status == 200, await resp.text()
+    say(settings, sid, "My parcel is lost")
+    key = await one_issue(fake)
+
+    url = hook_url(client, saved)
+    bot = fake.add_agent_comment(key, "Automation: SLA timer started", author=fj.BOT_ACCOUNT)
+    status, answer = await fake.deliver(url, fake.comment_event(key, bot), secret=SECRET)
+    assert (status, answer["outcome"]) == (200, "queued")
+    agent = fake.add_agent_comment(key, "We found it, it arrives Monday")
+    status, answer = await fake.deliver(url, fake.comment_event(key, agent), secret=SECRET)
+    assert (status, answer["outcome"]) == (200, "queued")
+    assert await sent_texts(settings, sid, 1) == ["We found it, it arrives Monday"]
+    await asyncio.sleep(0.5)
+    assert [text_of(m) for m in phone(settings, sid).sent() if "message" in m] == [
+        "We found it, it arrives Monday"
+    ]
+    resp = await client.get("/api/v1/jira/connection", headers=bearer(token))
+    assert (await resp.json())["account_id"] == fj.BOT_ACCOUNT

@@ -652,6 +652,7 @@ def test_jira_screen_connects_tests_and_the_inbox_shows_the_ticket_key(
         form.get_by_label("API token").fill("a-wrong-token")
         form.get_by_label("Project key").fill("SUP")
         form.get_by_label("Webhook secret").fill("ui-webhook-secret")
+        form.get_by_label(re.compile("^Notice text")).fill("Ticket {key}: {status}")
         form.get_by_label("Bridge every new 1:1 chat of “Support”").check()
         form.get_by_role("button", name="Save Jira connection").click()
         expect(section.locator("#jira-saved")).to_have_text("Saved.")
@@ -685,6 +686,11 @@ def test_jira_screen_connects_tests_and_the_inbox_shows_the_ticket_key(
         shot(page, "connected")
         saved = api(gateway.base, token, "GET", "/api/v1/jira/connection")
         assert saved["auto_bridge_session_ids"] == [sid]
+        # Saving again keeps the operator's own notice text (the form sends it back).
+        assert saved["status_notice_text"] == "Ticket {key}: {status}"
+        expect(form.get_by_label(re.compile("^Notice text"))).to_have_value(
+            "Ticket {key}: {status}"
+        )
         assert hook_url.input_value().endswith(saved["webhook_url"])
 
         # A new chat is bridged by the rule: the inbox shows its ticket key.

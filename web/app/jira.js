@@ -142,6 +142,7 @@ export function renderJira(section) {
       auto_bridge_session_ids: [],
       reopen_resolved: false,
       status_notices: true,
+      status_notice_text: null,
       language: "en",
     };
     const baseUrl = h("input", {
@@ -182,6 +183,10 @@ export function renderJira(section) {
     );
     const [enabled, enabledLabel] = check("jira-enabled", t("jira.enabled"), c.enabled);
     const [notices, noticesLabel] = check("jira-notices", t("jira.notices"), c.status_notices);
+    const noticeText = h("input", {
+      type: "text", maxlength: 500, value: c.status_notice_text || "",
+      placeholder: t("jira.notice_text_placeholder"),
+    });
     const rules = sessions.map((s) => {
       const [box, label] = check(
         `jira-auto-${s.id}`,
@@ -226,6 +231,7 @@ export function renderJira(section) {
       ),
       field("jira-reopen", t("jira.resolved"), reopen),
       h("div", { class: "field" }, noticesLabel),
+      field("jira-notice-text", t("jira.notice_text"), noticeText),
       field("jira-language", t("jira.language"), language),
       h("div", { class: "field" }, enabledLabel),
       h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, t("jira.save")), testButton, remove),
@@ -245,6 +251,7 @@ export function renderJira(section) {
           auto_bridge_session_ids: rules.filter((r) => r.box.checked).map((r) => Number(r.box.value)),
           reopen_resolved: reopen.value === "reopen",
           status_notices: notices.checked,
+          status_notice_text: noticeText.value.trim() || null,
           language: language.value,
         };
         if (token.value) body.token = token.value;
