@@ -89,6 +89,47 @@ async def insert_number(
     )
 
 
+_UPDATE_NUMBER = """
+UPDATE cloud_numbers SET
+    waba_id = CASE WHEN $2 THEN $3 ELSE waba_id END,
+    access_token_sealed = coalesce($4, access_token_sealed),
+    app_secret_sealed = coalesce($5, app_secret_sealed),
+    verify_token_sealed = CASE WHEN $6 THEN $7 ELSE verify_token_sealed END,
+    coexistence = coalesce($8, coexistence),
+    messages_per_second = CASE WHEN $9 THEN $10 ELSE messages_per_second END,
+    updated_at = now()
+WHERE session_id = $1
+"""
+
+
+async def update_number(
+    conn: Executor,
+    session_id: int,
+    *,
+    waba_id: tuple[str | None] | None = None,
+    access_token_sealed: str | None = None,
+    app_secret_sealed: str | None = None,
+    verify_token_sealed: tuple[str | None] | None = None,
+    coexistence: bool | None = None,
+    messages_per_second: tuple[int | None] | None = None,
+) -> None:
+    """Change a number's settings; a one-tuple sets a nullable column (to None clears it),
+    None leaves it as it is."""
+    await conn.execute(
+        _UPDATE_NUMBER,
+        session_id,
+        waba_id is not None,
+        waba_id[0] if waba_id else None,
+        access_token_sealed,
+        app_secret_sealed,
+        verify_token_sealed is not None,
+        verify_token_sealed[0] if verify_token_sealed else None,
+        coexistence,
+        messages_per_second is not None,
+        messages_per_second[0] if messages_per_second else None,
+    )
+
+
 async def all_numbers(conn: Executor) -> list[CloudNumberRow]:
     return [CloudNumberRow.from_row(r) for r in await conn.fetch(_ALL_NUMBERS)]
 

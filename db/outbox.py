@@ -89,6 +89,22 @@ async def enqueue(
     return int(value) if value is not None else None
 
 
+_DUE_NOW = """
+UPDATE outbox SET next_attempt_at = now(), updated_at = now()
+WHERE session_id = $1 AND state = 'pending' AND next_attempt_at > now()
+RETURNING kind
+"""
+
+
+async def due_now(conn: Executor, session_id: int) -> int:
+    """Make a session's waiting items due at once (its token works again) and wake the
+    workers; how many there were."""
+    kinds = {r["kind"] for r in await conn.fetch(_DUE_NOW, session_id)}
+    for kind in sorted(kinds):
+        await conn.execute(_NOTIFY, CHANNEL, kind)
+    return len(kinds)
+
+
 async def claim(
     conn: Executor,
     kinds: list[str],

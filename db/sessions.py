@@ -48,6 +48,7 @@ RETURNING {_COLUMNS}
 """
 _CLEAR_IDENTITY = "UPDATE sessions SET jid = NULL, lid = NULL, updated_at = now() WHERE id = $1"
 _DELETE = "DELETE FROM sessions WHERE id = $1"
+_RENAME = "UPDATE sessions SET name = $2, updated_at = now() WHERE id = $1"
 
 STATES = (
     "stopped",
@@ -147,6 +148,10 @@ async def set_identity(
 
 async def clear_identity(conn: Executor, session_id: int) -> None:
     await conn.execute(_CLEAR_IDENTITY, session_id)
+
+
+async def rename(conn: Executor, session_id: int, name: str) -> None:
+    await conn.execute(_RENAME, session_id, name)
 
 
 async def delete(conn: Executor, session_id: int) -> None:

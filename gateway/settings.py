@@ -151,7 +151,9 @@ class Settings(BaseSettings):
     cloud_verify_token: SecretStr | None = Field(
         default=None,
         description="Cloud API: the webhook verify token of the number created for the admin "
-        "on first start (with the other WAGATE_CLOUD_* secrets). Unset: none is created.",
+        "on first start. That number is created when WAGATE_CLOUD_PHONE_NUMBER_ID, "
+        "WAGATE_CLOUD_ACCESS_TOKEN and WAGATE_CLOUD_APP_SECRET are set; without a verify token "
+        "Meta's GET verification is refused (403) until one is set on the number.",
     )
     cloud_app_secret: SecretStr | None = Field(
         default=None,

@@ -269,8 +269,7 @@ class SessionSupervisor:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 await proc.wait()
-        if worker.writer is not None:
-            worker.writer.close()
+        await _close(worker.writer)
         for future in worker.pending.values():
             if not future.done():
                 future.set_exception(SessionUnavailable("the worker stopped"))
@@ -318,19 +317,23 @@ class SessionSupervisor:
 
         worker.ready = asyncio.Event()
         try:
-            worker.proc = await asyncio.create_subprocess_exec(
-                self.config.python,
-                "-m",
-                "sessions.worker",
-                "--config",
-                json.dumps(config),
-                pass_fds=(child.fileno(),),
-                stdin=asyncio.subprocess.DEVNULL,
-                cwd=PROJECT_ROOT,
-            )
-        finally:
-            child.close()
-        reader, writer = await asyncio.open_unix_connection(sock=parent)
+            try:
+                worker.proc = await asyncio.create_subprocess_exec(
+                    self.config.python,
+                    "-m",
+                    "sessions.worker",
+                    "--config",
+                    json.dumps(config),
+                    pass_fds=(child.fileno(),),
+                    stdin=asyncio.subprocess.DEVNULL,
+                    cwd=PROJECT_ROOT,
+                )
+            finally:
+                child.close()
+            reader, writer = await asyncio.open_unix_connection(sock=parent)
+        except BaseException:
+            parent.close()  # cancelled (a stop or a hand-over) or failed before it was wired
+            raise
         worker.writer = writer
         worker.started_at = time.monotonic()
         worker.last_pong = time.monotonic()
@@ -396,9 +399,8 @@ class SessionSupervisor:
             code = await worker.proc.wait()
         else:
             code = None
-        if worker.writer is not None:
-            worker.writer.close()
-            worker.writer = None
+        await _close(worker.writer)
+        worker.writer = None
         for future in worker.pending.values():
             if not future.done():
                 future.set_exception(SessionUnavailable("the worker died"))
@@ -941,3 +943,12 @@ def device_store_url(database_url: str, schema: str = "whatsmeow") -> str:
     """The whatsmeow device store: the same PostgreSQL database, its own schema."""
     sep = "&" if "?" in database_url else "?"
     return f"{database_url}{sep}search_path={schema}"
+
+
+async def _close(writer: asyncio.StreamWriter | None) -> None:
+    """Close a worker's IPC stream and wait until its socket is really closed."""
+    if writer is None:
+        return
+    writer.close()
+    with contextlib.suppress(ConnectionError, OSError, TimeoutError):
+        await asyncio.wait_for(writer.wait_closed(), 5.0)

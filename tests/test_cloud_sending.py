@@ -5,6 +5,8 @@ templates and the former system's send route."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 import time
 from typing import Any
 
@@ -12,9 +14,9 @@ import asyncpg
 import pytest
 
 from gateway.keys import CLOUD
-from tests.conftest import bearer
+from tests.conftest import bearer, login
 from tests.fakes import graph as g
-from tests.fakes.graph import FakeGraph, inbound, msg, status, statuses
+from tests.fakes.graph import FakeGraph, emit, inbound, msg, status, statuses
 from tests.sessions_helpers import Client, record, wait_for
 from tests.test_cloud_inbound import (  # noqa: F401 - fixtures
     db,
@@ -160,8 +162,8 @@ async def test_graph_errors_are_mapped(
     from gateway.cloud import sender as sender_module
 
     # Patch the waits, never wall time: retries are due at once.
-    sender_module.PAIR_RETRY_SECONDS = 0.0
-    sender_module.THROUGHPUT_PAUSE_SECONDS = 0.3
+    sender_module.PAIR_RETRY_SECONDS = 1.5
+    sender_module.THROUGHPUT_PAUSE_SECONDS = 1.5
     sender_module.AUTH_RETRY_SECONDS = 0.0
     try:
         chat = await open_chat(client, token)
@@ -175,10 +177,18 @@ async def test_graph_errors_are_mapped(
             return
         if outcome == "retried":
             # The pair limit holds back this recipient only: another one is served meanwhile.
+            await wait_for(
+                lambda: _true(sum(1 for c in fake_graph.calls if c[1].endswith("/messages")) >= 1),
+                what="the first attempt",
+            )
             second = (await (await send(client, token, other, "two")).json())["id"]
             await status_of(db, second, "sent")
+            # The other recipient went first; this one is still waiting out its pair limit.
+            assert (await db.fetchval("SELECT status FROM messages WHERE id = $1", first)) == (
+                "pending"
+            )
             await status_of(db, first, "sent")
-            assert [s["to"] for s in fake_graph.sent][-1] in ("16505551234", "16505550000")
+            assert [s["to"] for s in fake_graph.sent] == ["16505550000", "16505551234"]
             return
         if outcome == "paused":
             await wait_for(
@@ -186,8 +196,15 @@ async def test_graph_errors_are_mapped(
                 what="the first attempt",
             )
             second = (await (await send(client, token, other, "two")).json())["id"]
+            # The whole number pauses: not even the other recipient is served meanwhile.
+            await asyncio.sleep(0.7)
+            assert fake_graph.sent == []
+            assert (await db.fetchval("SELECT status FROM messages WHERE id = $1", second)) == (
+                "pending"
+            )
             await status_of(db, first, "sent")
             await status_of(db, second, "sent")
+            assert sorted(s["to"] for s in fake_graph.sent) == ["16505550000", "16505551234"]
             return
 
         # 190: the session goes to auth_failed; the message waits for a working token.
@@ -348,3 +365,72 @@ async def test_templates_sync_create_and_register_defaults(
     ).json()
     assert len(pending["items"]) == 7
     assert g.WABA_ID in fake_graph.calls[-1][1]
+
+
+async def test_an_expired_token_is_replaced_in_place_and_the_waiting_messages_go_at_once(
+    client: Client, token: str, sid: int, fake_graph: FakeGraph, db: asyncpg.Connection
+) -> None:
+    """Meta's access tokens expire (190): the operator pastes a new one with
+    `PATCH /api/v1/sessions/{id}`, without deleting the number and its history; the state is
+    checked again and what waited goes at once, not after the 60 s wait. Rotating the app
+    secret takes effect on the webhook at once. Bad input changes nothing."""
+    chat = await open_chat(client, token)
+    fake_graph.tokens.clear()  # the token expired
+    first = (await (await send(client, token, chat, "after expiry")).json())["id"]
+
+    async def state() -> str:
+        resp = await client.get(f"/api/v1/sessions/{sid}", headers=bearer(token))
+        return str((await resp.json())["state"])
+
+    await wait_for(lambda: _true_async(state, "auth_failed"), what="auth_failed")
+    assert (await db.fetchval("SELECT status FROM messages WHERE id = $1", first)) == "pending"
+
+    path = f"/api/v1/sessions/{sid}"
+    for bad in (
+        {},
+        {"access_token": None},
+        {"access_token": ""},
+        {"phone_number_id": "123"},
+        {"messages_per_second": 0},
+        {"name": ""},
+    ):
+        resp = await client.patch(path, json=bad, headers=bearer(token))
+        assert resp.status == 400, (bad, await resp.text())
+        assert (await resp.json())["error"]["code"] == "validation_error"
+    assert await state() == "auth_failed"
+
+    fake_graph.tokens.add("a-fresh-token")
+    resp = await client.patch(
+        path, json={"access_token": "a-fresh-token", "name": "Sales (Cloud)"}, headers=bearer(token)
+    )
+    assert resp.status == 200, await resp.text()
+    body = await resp.json()
+    assert (body["name"], body["state"]) == ("Sales (Cloud)", "connected")
+    assert "a-fresh-token" not in json.dumps(body)
+    started = time.monotonic()
+    await status_of(db, first, "sent")
+    assert time.monotonic() - started < 10  # not the 60 s wait of a refused token
+    assert fake_graph.sent[-1]["text"]["body"] == "after expiry"
+
+    # A rotated app secret: the old one no longer signs, the new one does.
+    resp = await client.patch(path, json={"app_secret": "rotated-secret"}, headers=bearer(token))
+    assert resp.status == 200
+    payload = inbound(msg("text", {"body": "signed"}))
+    assert (await emit(client, payload)).status == 401
+    assert (await emit(client, payload, secret="rotated-secret")).status == 200
+
+    # Another operator's number is not found; nothing about it changes.
+    made = await client.post(
+        "/api/v1/users",
+        json={"email": "c@example.com", "password": "password-123"},
+        headers=bearer(token),
+    )
+    assert made.status == 201
+    other = await login(client, "c@example.com", "password-123")
+    resp = await client.patch(path, json={"name": "mine now"}, headers=bearer(other))
+    assert resp.status == 404
+    assert await db.fetchval("SELECT name FROM sessions WHERE id = $1", sid) == "Sales (Cloud)"
+
+
+async def _true_async(get: Any, wanted: str) -> bool:
+    return bool(await get() == wanted)

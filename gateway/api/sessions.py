@@ -15,6 +15,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, Field, model_validator
 
+from db import cloud as cloud_db
 from db import sessions as sessions_db
 from db.sessions import Session
 from db.users import User
@@ -71,6 +72,48 @@ class SessionCreate(BaseModel):
             ]
             if missing:
                 raise ValueError(f"a cloud number needs {', '.join(missing)}")
+        return self
+
+
+CLOUD_ONLY = (
+    "waba_id",
+    "access_token",
+    "app_secret",
+    "verify_token",
+    "coexistence",
+    "messages_per_second",
+)
+
+
+class SessionUpdate(BaseModel):
+    """Only the fields sent change. Cloud numbers: a new access token (Meta's expire), app
+    secret or verify token; null clears `waba_id`, `verify_token` or `messages_per_second`."""
+
+    model_config = {"extra": "forbid"}
+
+    name: str | None = Field(default=None, min_length=1, max_length=100)
+    waba_id: str | None = Field(
+        default=None, min_length=1, max_length=64, pattern=r"^\d+$", description="cloud only"
+    )
+    access_token: str | None = Field(
+        default=None, min_length=1, max_length=4096, description="cloud only; never returned"
+    )
+    app_secret: str | None = Field(
+        default=None, min_length=1, max_length=512, description="cloud only; never returned"
+    )
+    verify_token: str | None = Field(
+        default=None, min_length=1, max_length=512, description="cloud only; never returned"
+    )
+    coexistence: bool | None = Field(default=None, description="cloud only")
+    messages_per_second: int | None = Field(default=None, ge=1, le=1000, description="cloud only")
+
+    @model_validator(mode="after")
+    def _not_null(self) -> SessionUpdate:
+        for name in ("name", "access_token", "app_secret", "coexistence"):
+            if name in self.model_fields_set and getattr(self, name) is None:
+                raise ValueError(f"{name} can not be null")
+        if not self.model_fields_set:
+            raise ValueError("nothing to change")
         return self
 
 
@@ -257,6 +300,54 @@ async def list_sessions(request: web.Request) -> SessionList:
 )
 async def get_session(request: web.Request) -> SessionOut:
     return session_out(request, await _session_from_path(request))
+
+
+@router.patch(
+    "/api/v1/sessions/{session_id}",
+    summary="Rename an account; on a Cloud API number, replace its token or secrets",
+    body=SessionUpdate,
+    response=SessionOut,
+    errors=(404,),
+)
+async def update_session(request: web.Request, body: SessionUpdate) -> SessionOut:
+    session = await _session_from_path(request)
+    sent = body.model_fields_set
+    cloud_fields = sorted(sent & set(CLOUD_ONLY))
+    if cloud_fields and session.channel != "cloud":
+        raise ApiError(
+            400,
+            f"{', '.join(cloud_fields)} only apply to Cloud API numbers",
+            code="validation_error",
+        )
+    pool = request.app[POOL]
+    box = request.app[CLOUD].numbers.box
+    async with pool.acquire() as conn, conn.transaction():
+        if body.name is not None:
+            await sessions_db.rename(conn, session.id, body.name)
+        if cloud_fields:
+            await cloud_db.update_number(
+                conn,
+                session.id,
+                waba_id=(body.waba_id,) if "waba_id" in sent else None,
+                access_token_sealed=box.seal(body.access_token) if body.access_token else None,
+                app_secret_sealed=box.seal(body.app_secret) if body.app_secret else None,
+                verify_token_sealed=(
+                    (box.seal(body.verify_token) if body.verify_token else None,)
+                    if "verify_token" in sent
+                    else None
+                ),
+                coexistence=body.coexistence,
+                messages_per_second=(
+                    (body.messages_per_second,) if "messages_per_second" in sent else None
+                ),
+            )
+    if session.channel == "cloud":
+        await request.app[CLOUD].numbers.load()
+        if body.access_token:
+            # A new token deserves a new try: the state follows the Graph API's answer.
+            await request.app[CLOUD].check_token(session.id)
+    log.info("session updated", session_id=session.id, fields=sorted(sent))
+    return session_out(request, await _reload(request, session.id))
 
 
 @router.post(

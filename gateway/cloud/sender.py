@@ -100,6 +100,11 @@ class CloudSender:
                 self._paused_until[number.session_id] = time.monotonic() + THROUGHPUT_PAUSE_SECONDS
                 raise CloudRetry(THROUGHPUT_PAUSE_SECONDS, str(exc)) from exc
             if exc.code == AUTH_EXPIRED:
+                # Another node may have taken a new token meanwhile: try that one first.
+                await self._service.numbers.load()
+                fresh = self._service.number(number.session_id)
+                if fresh is not None and fresh.access_token != number.access_token:
+                    raise CloudRetry(0.0, "the access token was replaced") from exc
                 await self._service.set_state(number.session_id, "auth_failed", str(exc))
                 raise CloudRetry(AUTH_RETRY_SECONDS, str(exc)) from exc
             if exc.unreachable or exc.status >= 500 or exc.code in (1, 2):

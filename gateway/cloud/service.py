@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, Counter
 from db import cloud as cloud_db
 from db import contacts as contacts_db
 from db import messages as messages_db
+from db import outbox as outbox_db
 from db import sessions as sessions_db
 from db import users as users_db
 from db.cloud import PendingEvent
@@ -301,8 +302,12 @@ class CloudService:
                 push_name=found.get("verified_name"),
             )
             await cloud_db.set_display_phone_number(self.pool, sid, digits)
+        was = await self.pool.fetchval("SELECT state FROM sessions WHERE id = $1", sid)
         await self.set_state(sid, "connected")
         await self.numbers.load()
+        if was == "auth_failed":
+            # What waited for a working token goes now, not at its next scheduled try.
+            await outbox_db.due_now(self.pool, sid)
         return True, "the access token works"
 
     def number(self, sid: int) -> CloudNumber | None:
