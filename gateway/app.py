@@ -46,6 +46,7 @@ from gateway.cloud import webhook as cloud_webhook
 from gateway.cloud.service import CloudService
 from gateway.cluster import ClusterConfig, SessionDirectory, default_node_id
 from gateway.errors import error_middleware
+from gateway.housekeeping import Housekeeper
 from gateway.jira_bridge import JiraBridge, bootstrap_jira, bridge_config
 from gateway.keys import (
     AI,
@@ -266,6 +267,17 @@ async def _webhooks(app: web.Application) -> AsyncIterator[None]:
         await _bounded("webhooks", 4.0, dispatcher.stop())
 
 
+async def _housekeeping(app: web.Application) -> AsyncIterator[None]:
+    keeper = Housekeeper(
+        app[POOL], app[SETTINGS].housekeeping_keep_days, app[METRICS].housekeeping_deleted
+    )
+    keeper.start()
+    try:
+        yield
+    finally:
+        await _bounded("housekeeping", 2.0, keeper.stop())
+
+
 async def _jira(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     bridge = JiraBridge(
@@ -353,6 +365,7 @@ def create_app(
     else:
         app[DATABASE_URL] = url
     app.cleanup_ctx.append(_database(announce_admin))
+    app.cleanup_ctx.append(_housekeeping)
     app.cleanup_ctx.append(_sessions)
     app.cleanup_ctx.append(_webhooks)
     app.cleanup_ctx.append(_ai)

@@ -80,6 +80,12 @@ class Metrics:
             registry=registry,
             buckets=COMMIT_BUCKETS,
         )
+        self.housekeeping_deleted = Counter(
+            "wagate_housekeeping_deleted_rows",
+            "Finished bookkeeping rows deleted by housekeeping, by table",
+            ["table"],
+            registry=registry,
+        )
         self.outbox_items = Counter(
             "wagate_outbox_items",
             "Outbox items finished by kind and outcome (done, retry, failed)",

@@ -199,6 +199,13 @@ class Settings(BaseSettings):
         gt=0,
         description="Largest attachment downloaded; bigger ones are kept as `too_large`.",
     )
+    housekeeping_keep_days: int = Field(
+        default=14,
+        ge=0,
+        description="Finished bookkeeping rows (done outbox jobs, processed Cloud API webhook "
+        "bodies, Jira delivery ids) older than this many days are deleted every hour. Messages "
+        "and the event log are never touched. 0 keeps everything.",
+    )
     keep_revoked: bool = Field(
         default=True,
         description="Keep the original of a message deleted for everyone, for the owner's audit.",
