@@ -261,6 +261,8 @@ class JiraBridge:
         self._tasks: list[asyncio.Task[None]] = []
         self._running: set[asyncio.Task[None]] = set()
         self._held: set[int] = set()  # ids of the jobs claimed and not finished
+        # Jira's rate limit is per account: after a 429 every job of that operator waits.
+        self._rate_paused: dict[int, datetime] = {}
         self._unsubscribe: Callable[[], None] | None = None
         self._listener: asyncpg.Connection | None = None
         self._backoff = Backoff(base=1.0, cap=self.config.backoff_cap, jitter=0.2)
@@ -528,6 +530,10 @@ class JiraBridge:
             if connection is None or not connection.enabled:
                 await outbox.done(self.pool, item.id)  # the operator turned the bridge off
                 return False
+            paused = self._rate_paused.get(user_id)
+            if paused is not None and paused > datetime.now(UTC):
+                await jira_db.defer(self.pool, item.id, "waiting out Jira's rate limit", paused)
+                return False
             if item.kind == "jira_message":
                 await self._message(connection, item)
             else:
@@ -576,6 +582,7 @@ class JiraBridge:
             return
         if exc.kind == "rate_limited":
             delay = max(exc.retry_after, 1.0)
+            self._rate_paused[user_id] = now + timedelta(seconds=delay)
         else:
             self._backoff.attempt = min(item.attempts - 1, 30)
             delay = self._backoff.next_delay()

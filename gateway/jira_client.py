@@ -15,6 +15,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -61,6 +63,25 @@ class CreatedIssue:
     status_category: str | None
 
 
+def retry_after_seconds(header: str | None, now: float | None = None) -> float:
+    """`Retry-After` as seconds to wait: delta-seconds or an HTTP-date (RFC 9110); 0 when
+    missing or unreadable, never negative, at most an hour."""
+    if not header:
+        return 0.0
+    header = header.strip()
+    try:
+        seconds = float(header)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(header)
+        except (TypeError, ValueError):
+            return 0.0
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    return min(max(seconds, 0.0), 3600.0)
+
+
 def _error_text(exc: JIRAError) -> str:
     response = exc.response
     if response is not None:
@@ -85,12 +106,8 @@ def translate(exc: BaseException) -> JiraFailure:
         if status in (401, 403):
             return JiraFailure("rejected", f"credentials rejected (HTTP {status}): {text}", status)
         if status == 429:
-            retry_after = 0.0
-            if exc.response is not None:
-                try:
-                    retry_after = float(exc.response.headers.get("Retry-After", "0"))
-                except ValueError:
-                    retry_after = 0.0
+            header = exc.response.headers.get("Retry-After") if exc.response is not None else None
+            retry_after = retry_after_seconds(header)
             return JiraFailure("rate_limited", f"rate limited: {text}", 429, retry_after)
         if status == 404:
             return JiraFailure("not_found", f"not found: {text}", 404)

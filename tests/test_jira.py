@@ -476,3 +476,49 @@ async def test_a_bootstrapped_connection_learns_its_integration_account_before_r
     ]
     resp = await client.get("/api/v1/jira/connection", headers=bearer(token))
     assert (await resp.json())["account_id"] == fj.BOT_ACCOUNT
+
+
+@pytest.mark.parametrize("as_date", [False, True], ids=["seconds", "http-date"])
+async def test_a_429_waits_as_long_as_jira_says(
+    client: Client, token: str, settings: Settings, fake: FakeJira, as_date: bool
+) -> None:
+    """Our own backoff is 0.3 s here; Jira's Retry-After (3 s, as seconds or as an HTTP-date)
+    wins, and the comment still lands exactly once."""
+    sid = await link(client, token, settings)
+    await connect(client, token, fake, auto_bridge_session_ids=[sid])
+    say(settings, sid, "first")
+    key = await one_issue(fake)
+    fake.retry_after_date = as_date
+    fake.fail(429, times=1, ops={"add_comment"}, retry_after=3)
+    say(settings, sid, "second")
+
+    async def limited() -> list[float]:
+        return [t for op, t in fake.op_times if op == "add_comment"]
+
+    limited_at = (await wait_for(limited, what="the 429"))[0]
+    # The limit is the account's: another customer's new ticket waits for it too.
+    say(settings, sid, "hola", **{"from": "+5215599990000", "push_name": "Bea"})
+    got = await comments(fake, key, 1)
+    assert [g.split("\n")[0] for g in got] == ["[WhatsApp] Alice: second"]
+    attempts = [t for op, t in fake.op_times if op == "add_comment"]
+    assert len(attempts) == 2
+    # An HTTP-date has whole seconds: allow for the rounding down of "now + 3 s".
+    least = 2.0 if as_date else 2.9
+    assert attempts[1] - limited_at >= least
+    await one_issue(fake, 2)
+    created = [t for op, t in fake.op_times if op == "create_issue"]
+    assert created[1] - limited_at >= least
+
+
+def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
+    from email.utils import formatdate
+
+    from gateway.jira_client import retry_after_seconds
+
+    now = 1_800_000_000.0
+    assert retry_after_seconds("120", now) == 120.0
+    assert retry_after_seconds(formatdate(now + 30, usegmt=True), now) == 30.0
+    assert retry_after_seconds(formatdate(now - 30, usegmt=True), now) == 0.0
+    assert retry_after_seconds("86400", now) == 3600.0
+    for junk in (None, "", "soon", "-5"):
+        assert retry_after_seconds(junk, now) == 0.0

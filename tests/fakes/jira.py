@@ -21,8 +21,10 @@ import hmac
 import itertools
 import json
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
+from email.utils import formatdate
 from typing import Any
 
 import aiohttp
@@ -62,6 +64,8 @@ class FakeJira:
     project: str = "SUP"
     issues: dict[str, dict[str, Any]] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    op_times: list[tuple[str, float]] = field(default_factory=list)  # (op, monotonic time)
+    retry_after_date: bool = False  # send Retry-After as an HTTP-date instead of seconds
     faults: list[Fault] = field(default_factory=list)
     delay: float = 0.0
     is_down: bool = False
@@ -208,6 +212,7 @@ class FakeJira:
         path = request.match_info["path"].rstrip("/")
         op = self._op(request.method, path)
         self.calls.append((request.method, path))
+        self.op_times.append((op, time.monotonic()))
         if self.delay:
             await asyncio.sleep(self.delay)
         if self.is_down:
@@ -217,7 +222,11 @@ class FakeJira:
                 fault.times -= 1
                 resp = self._error(fault.status, f"injected {fault.status}")
                 if fault.retry_after is not None:
-                    resp.headers["Retry-After"] = str(fault.retry_after)
+                    resp.headers["Retry-After"] = (
+                        formatdate(time.time() + fault.retry_after, usegmt=True)
+                        if self.retry_after_date
+                        else str(fault.retry_after)
+                    )
                 return resp
         if path == "serverInfo":
             return web.json_response(
