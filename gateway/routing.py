@@ -164,7 +164,11 @@ class ApiRouter:
         errors: tuple[int, ...] = (),
         description: str = "",
         form: type[BaseModel] | None = None,
+        owned: Callable[[web.Request], Awaitable[Any]] | None = None,
     ) -> Callable[[Endpoint], Endpoint]:
+        """`owned`, when given, runs before the body is read: it raises 404 for an id in the
+        path that is not the caller's, so another operator's id is a 404 whatever the body."""
+
         def decorate(fn: Endpoint) -> Endpoint:
             spec = RouteSpec(
                 method=method.upper(),
@@ -188,6 +192,8 @@ class ApiRouter:
                     user = request.get(REQUEST_USER)
                     if user is None or not user.is_admin:
                         raise Forbidden("this needs an admin account")
+                if owned is not None:
+                    await owned(request)
                 kwargs: dict[str, Any] = {}
                 if spec.body is not None:
                     if spec.form is not None and request.content_type == "multipart/form-data":

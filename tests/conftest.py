@@ -91,6 +91,25 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- PostgreSQL -------------------------------------------------------------------------------
 
 
+_DATABASE_FIXTURES = ("db_url", "empty_db_url")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Set a test's database up before its app, so the app is torn down before the drop.
+
+    Pytest tears fixtures down in reverse setup order, and a test that lists `aiohttp_client`
+    before `db_url` would otherwise see its database dropped (`WITH (FORCE)`) under an app
+    that is still running a job, which fails the test's teardown.
+    """
+    for item in items:
+        names = getattr(item, "fixturenames", None)
+        if not names:
+            continue
+        first = [n for n in _DATABASE_FIXTURES if n in names]
+        if first:
+            names[:] = first + [n for n in names if n not in first]
+
+
 @pytest.fixture(scope="session")
 def pg_admin_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """URL of a maintenance database on the test server (TEST_DATABASE_URL or embedded)."""

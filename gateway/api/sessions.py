@@ -308,6 +308,7 @@ async def get_session(request: web.Request) -> SessionOut:
     body=SessionUpdate,
     response=SessionOut,
     errors=(404,),
+    owned=_session_from_path,
 )
 async def update_session(request: web.Request, body: SessionUpdate) -> SessionOut:
     session = await _session_from_path(request)
