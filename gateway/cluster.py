@@ -88,6 +88,7 @@ class SessionDirectory:
         self._held: set[int] = set()
         self._listener: asyncpg.Connection | None = None
         self._task: asyncio.Task[None] | None = None
+        self._fence_task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._last_renewal = time.monotonic()
@@ -125,7 +126,9 @@ class SessionDirectory:
             self.config.lease_seconds,
         )
         await self._tick()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._run())
+        self._fence_task = loop.create_task(self._watch_renewals())
         log.info("cluster node up", node_id=self.node_id, sessions=len(self._held))
 
     async def stop(self, timeout: float = 6.0) -> None:
@@ -133,10 +136,11 @@ class SessionDirectory:
         self._stopping = True
         with contextlib.suppress(Exception):
             await leases.set_stopping(self.pool, self.node_id)
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._fence_task):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.supervisor.stop(timeout=timeout)
         try:
             await leases.leave(self.pool, self.node_id)
@@ -168,10 +172,26 @@ class SessionDirectory:
                 log.warning("lease round failed", error=str(exc))
                 await self._fence()
 
+    async def _watch_renewals(self) -> None:
+        """Fence on a clock of its own: a lease round that hangs (a database that stopped
+        answering without closing the connection) must not keep sessions running here past
+        the moment another node may take them."""
+        period = max(0.2, self.config.lease_seconds / 15)
+        while True:
+            await asyncio.sleep(period)
+            try:
+                await self._fence()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("fencing failed")
+
     async def _fence(self) -> None:
         """Could not renew for most of a lease: another node may take our sessions any moment,
         so stop them here first (two nodes must never run one session)."""
         if time.monotonic() - self._last_renewal < self.config.lease_seconds * 0.7:
+            return
+        if not self._held:
             return
         for sid in sorted(self._held):
             await self.supervisor.release(sid)
@@ -183,8 +203,11 @@ class SessionDirectory:
         async with self._tick_lock:
             ttl = self.config.lease_seconds
             await leases.heartbeat(self.pool, self.node_id, socket.gethostname(), os.getpid())
+            # The database dates the new expiry somewhere between asking and the answer: count
+            # from the asking, so fencing errs on the early side.
+            asked = time.monotonic()
             held = await leases.renew(self.pool, self.node_id, ttl)
-            self._last_renewal = time.monotonic()
+            self._last_renewal = asked
             for sid in sorted(self._held - held):
                 log.warning("lease lost: stopping the session here", session_id=sid)
                 await self.supervisor.release(sid)

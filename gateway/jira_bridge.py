@@ -713,7 +713,8 @@ class JiraBridge:
         conversation: dict[str, Any],
     ) -> dict[str, Any]:
         name = self._name(message, conversation)
-        phone = phone_of(conversation["external_id"])
+        group = conversation.get("kind") == "group"
+        phone = phone_of(message.get("sender_jid") if group else conversation["external_id"])
         first = self._plain(message) or f"[{message['message_type']}]"
         who = f"{name} ({phone})" if phone else name
         description = "\n".join(
@@ -721,6 +722,7 @@ class JiraBridge:
                 "Customer on WhatsApp",
                 f"* Name: {name}",
                 f"* Phone: {phone or '-'}",
+                *([f"* Group: {conversation['contact_name'] or '-'}"] if group else []),
                 f"* Chat: {conversation['external_id']}",
                 f"* wagate session: {conversation['session_id']}, "
                 f"conversation: {conversation['id']}",
@@ -742,6 +744,16 @@ class JiraBridge:
 
     @staticmethod
     def _name(message: dict[str, Any], conversation: dict[str, Any]) -> str:
+        if conversation.get("kind") == "group":
+            # The chat's name is the group's: the person is whoever wrote this message.
+            sender = message.get("sender_jid")
+            return str(
+                message.get("sender_name")
+                or (phone_of(sender) if sender else None)
+                or sender
+                or conversation["contact_name"]
+                or conversation["external_id"]
+            )
         return str(
             conversation["contact_name"]
             or message.get("sender_name")

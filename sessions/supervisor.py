@@ -514,6 +514,7 @@ class SessionSupervisor:
         self._pair_codes.pop(session_id, None)
         self.states.pop(session_id, None)
         self._next_attempt.pop(session_id, None)
+        self.history.pop(session_id, None)  # the node that takes it over reports it now
 
     async def logout(self, session_id: int) -> None:
         """Unlink the device (WhatsApp forgets it), then stop."""

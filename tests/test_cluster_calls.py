@@ -87,3 +87,93 @@ async def test_calls_reach_the_holder_and_survive_cut_listeners(
 
 async def _is(value: Any, expected: str) -> bool:
     return bool(await value == expected)
+
+
+class _StalledDatabase:
+    """The pool a node's lease rounds use, able to stop answering (a database host that hangs
+    without closing the connection) and to come back."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.answering = asyncio.Event()
+        self.answering.set()
+
+    def __getattr__(self, name: str) -> Any:
+        real = getattr(self._pool, name)
+        if name not in {"execute", "fetch", "fetchval", "fetchrow"}:
+            return real
+
+        async def call(*args: Any, **kwargs: Any) -> Any:
+            await self.answering.wait()
+            return await real(*args, **kwargs)
+
+        return call
+
+
+@pytest.mark.timeout(120)
+async def test_a_node_whose_lease_rounds_hang_stops_its_sessions_before_another_takes_them(
+    tmp_path: Path, db_url: str, aiohttp_client: Any
+) -> None:
+    shared = tmp_path / "shared"
+    lease = 3.0
+    common = {"shared_dir": shared, "lease_seconds": lease, "qr_first_seconds": 60.0}
+    a = await aiohttp_client(create_app(fast_settings(tmp_path / "a", db_url, **common)))
+    b = await aiohttp_client(create_app(fast_settings(tmp_path / "b", db_url, **common)))
+    token = await login(a, "admin@example.com", "admin-password-1")
+    resp = await a.post("/api/v1/sessions", json={"name": "on a"}, headers=bearer(token))
+    assert resp.status == 201
+    sid = int((await resp.json())["id"])
+    directory_a = a.server.app[SESSIONS]
+    directory_b = b.server.app[SESSIONS]
+    assert sid in directory_a.held
+
+    async def state() -> str:
+        return str((await body(b, token, "GET", f"/api/v1/sessions/{sid}"))["state"])
+
+    await wait_for(lambda: _is(state(), "qr_required"), what="a QR on a")
+    Phone(FakeWhatsApp(shared / "fake-wa"), sid).scan()
+    await wait_for(lambda: _is(state(), "connected"), what="connected on a")
+
+    stalled = _StalledDatabase(directory_a.pool)
+    directory_a.pool = stalled  # type: ignore[assignment]
+    stalled.answering.clear()
+    hung_at = asyncio.get_running_loop().time()
+    stopped_after: float | None = None
+    taken_after: float | None = None
+    try:
+        # Watch both nodes the whole time: the session never runs on both.
+        while asyncio.get_running_loop().time() - hung_at < 20.0:
+            on_a = directory_a.supervisor.worker_pid(sid) is not None
+            on_b = directory_b.supervisor.worker_pid(sid) is not None
+            assert not (on_a and on_b), "the session ran on two nodes at once"
+            now = asyncio.get_running_loop().time() - hung_at
+            if not on_a and stopped_after is None:
+                stopped_after = now
+            if on_b and taken_after is None:
+                taken_after = now
+            if taken_after is not None and await state() == "connected":
+                break
+            await asyncio.sleep(0.05)
+        assert stopped_after is not None, "a kept running the session with its leases unrenewed"
+        assert taken_after is not None, "b never took the session over"
+        print(f"stopped on a after {stopped_after:.2f} s, running on b after {taken_after:.2f} s")
+        assert stopped_after < taken_after
+        # a stops well inside the lease it last renewed; b waits for it to expire.
+        assert stopped_after <= lease
+        assert await state() == "connected"
+    finally:
+        stalled.answering.set()  # the database answers again: a's stalled round goes on
+
+    # a learns it lost the lease and leaves the session with b.
+    for _ in range(int(lease * 2 / 0.05)):
+        assert directory_a.supervisor.worker_pid(sid) is None
+        assert directory_b.supervisor.worker_pid(sid) is not None
+        await asyncio.sleep(0.05)
+    assert sid not in directory_a.held
+    assert sid in directory_b.held
+    conn = await asyncpg.connect(db_url)
+    try:
+        holders = await conn.fetch("SELECT node_id FROM session_leases WHERE session_id = $1", sid)
+    finally:
+        await conn.close()
+    assert [r["node_id"] for r in holders] == [directory_b.node_id]

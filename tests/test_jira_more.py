@@ -199,3 +199,52 @@ async def test_a_cloud_api_number_is_bridged_both_ways(
         assert await ticket_key_of(client, token) == key
     finally:
         await graph.stop()
+
+
+async def test_groups_are_bridged_only_when_switched_on_and_name_who_wrote(
+    aiohttp_client: Any, tmp_path: Path, db_url: str, fake: FakeJira
+) -> None:
+    settings = jira_settings(tmp_path, db_url)
+    client = await aiohttp_client(create_app(settings))
+    token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    sid = await link(client, token, settings)
+    # "Bridge every new 1:1 chat" is on for the account: it does not take groups.
+    await connect(client, token, fake, auto_bridge_session_ids=[sid])
+    bob = "+5215587654321"
+    group = phone(settings, sid).create_group("120363000000000077", "Lamp buyers", [ALICE, bob])
+
+    def in_group(sender: str, name: str, text: str) -> None:
+        fields = {"type": "text", "from": sender, "push_name": name, "text": text, "group": group}
+        phone(settings, sid).send(SimMessage.model_validate(fields))
+
+    in_group(ALICE, "Alice", "anyone else got a broken lamp?")
+
+    async def group_chat() -> dict[str, Any] | None:
+        found = await rows(
+            db_url, "SELECT id, jira_bridge, contact_name FROM conversations WHERE kind = 'group'"
+        )
+        return found[0] if found and found[0]["contact_name"] else None
+
+    chat = await wait_for(group_chat, what="the group's conversation and its name")
+    assert chat["jira_bridge"] is False
+    # A 1:1 chat in the same account is bridged, which shows the rule ran by now.
+    say(settings, sid, "my lamp is broken too")
+    direct = await one_issue(fake)
+    assert fake.issues[direct]["fields"]["summary"].startswith(f"[WhatsApp] Alice ({ALICE})")
+    assert len(fake.issue_keys()) == 1
+
+    # Switched on by hand: the group's next message opens its own ticket, named for its sender.
+    resp = await client.patch(
+        f"/api/v1/conversations/{chat['id']}", json={"jira_bridge": True}, headers=bearer(token)
+    )
+    assert resp.status == 200, await resp.text()
+    in_group(bob, "Bob", "mine arrived cracked")
+    key = await one_issue(fake, 2)
+    assert key != direct
+    summary = fake.issues[key]["fields"]["summary"]
+    assert summary.startswith(f"[WhatsApp] Bob ({bob}): mine arrived cracked"), summary
+    assert "* Group: Lamp buyers" in fake.issues[key]["fields"]["description"]
+    in_group(ALICE, "Alice", "same here, box was wet")
+    got = await comments(fake, key, 1)
+    assert got[0].startswith("[WhatsApp] Alice: same here, box was wet"), got
+    assert len(fake.issue_keys()) == 2
