@@ -522,3 +522,72 @@ def test_retry_after_is_read_as_seconds_or_an_http_date() -> None:
     assert retry_after_seconds("86400", now) == 3600.0
     for junk in (None, "", "soon", "-5"):
         assert retry_after_seconds(junk, now) == 0.0
+
+
+async def test_the_other_commands_and_the_status_notice_settings(
+    client: Client, token: str, settings: Settings, fake: FakeJira, db_url: str
+) -> None:
+    sid = await link(client, token, settings)
+    saved = await connect(client, token, fake, auto_bridge_session_ids=[sid], language="pt")
+    url = hook_url(client, saved)
+    say(settings, sid, "/ajuda")
+    texts = await sent_texts(settings, sid, 1)
+    assert texts[0].startswith("Comandos:\n/ajuda")
+    assert "/novo" in texts[0]
+
+    say(settings, sid, "Olá, meu pedido não chegou")
+    first = await one_issue(fake)
+    await recorded(client, token, first)
+    # The notice speaks the operator's default language here (pt).
+    await fake.deliver(url, fake.status_event(first, "To Do", "In Progress"), secret=SECRET)
+    texts = await sent_texts(settings, sid, 2)
+    assert texts[1] == f"Seu ticket {first} agora está em In Progress."
+
+    say(settings, sid, "/nuevo")
+    texts = await sent_texts(settings, sid, 3)
+    assert texts[2] == "Listo: tu próximo mensaje abrirá un ticket nuevo."
+    say(settings, sid, "Otra consulta")
+    second = await one_issue(fake, 2)
+    await recorded(client, token, second)
+    say(settings, sid, "/cancelar")  # the customer's last command was Spanish
+    texts = await sent_texts(settings, sid, 4)
+    assert texts[3] == f"Tu ticket {second} fue cancelado."
+    assert fake.issues[second]["status"] == "Cancelled"
+
+    say(settings, sid, "One more thing")
+    third = await one_issue(fake, 3)
+    await recorded(client, token, third)
+    say(settings, sid, "/new")
+    texts = await sent_texts(settings, sid, 5)
+    assert texts[4] == "Done: your next message opens a new ticket."
+    assert [t["state"] for t in await rows(db_url, "SELECT state FROM jira_tickets")] == [
+        "closed"
+    ] * 3
+
+    # An own notice text, then notices off.
+    await connect(
+        client,
+        token,
+        fake,
+        auto_bridge_session_ids=[sid],
+        language="pt",
+        status_notice_text="Ticket {key}: {status}",
+    )
+    say(settings, sid, "Still waiting")
+    fourth = await one_issue(fake, 4)
+    await recorded(client, token, fourth)
+    await fake.deliver(url, fake.status_event(fourth, "To Do", "In Progress"), secret=SECRET)
+    texts = await sent_texts(settings, sid, 6)
+    assert texts[5] == f"Ticket {fourth}: In Progress"
+    await connect(
+        client, token, fake, auto_bridge_session_ids=[sid], language="pt", status_notices=False
+    )
+    await fake.deliver(url, fake.status_event(fourth, "In Progress", "Done"), secret=SECRET)
+
+    async def done() -> bool:
+        found = await rows(db_url, "SELECT status FROM jira_tickets WHERE issue_key = $1", fourth)
+        return found[0]["status"] == "Done"
+
+    await wait_for(done, what="the status change taken")
+    await asyncio.sleep(1.0)
+    assert len([m for m in phone(settings, sid).sent() if "message" in m]) == 6
