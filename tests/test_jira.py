@@ -347,12 +347,13 @@ async def test_create_timeout_makes_one_ticket(
     assert [c.split("\n")[0] for c in got] == ["[WhatsApp] Alice: anyone?"]
 
 
+@pytest.mark.parametrize("status", [401, 403])
 async def test_rejected_credentials_park_the_bridge_until_fixed(
-    client: Client, token: str, settings: Settings, fake: FakeJira
+    client: Client, token: str, settings: Settings, fake: FakeJira, status: int
 ) -> None:
     sid = await link(client, token, settings)
     await connect(client, token, fake, auto_bridge_session_ids=[sid])
-    fake.fail(401, times=1000, ops={"create_issue", "search", "add_comment"})
+    fake.fail(status, times=1000, ops={"create_issue", "search", "add_comment"})
     say(settings, sid, "hello?")
 
     async def rejected() -> dict[str, Any] | None:
