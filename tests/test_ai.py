@@ -523,6 +523,48 @@ async def test_one_reply_per_interval(
     assert len(said(p)) == 1
 
 
+async def test_the_hourly_cap_per_chat(
+    client: Client, admin_token: str, settings: Settings, sid: int, db: asyncpg.Connection
+) -> None:
+    client.app[AI].limits = dataclass_replace(
+        client.app[AI].limits, min_interval=0.0, per_hour=2, loop_replies=100
+    )
+    await article(client, admin_token, "Opening hours", "Monday to Friday, 9 to 6.")
+    p = phone(settings, sid)
+    questions = ["opening hours?", "what are your hours?", "hours on monday?"]
+    for n, question in enumerate(questions, start=1):
+        p.send(text(CUSTOMER, question))
+        await decisions(db, n)
+    assert await decisions(db, 3) == ["answered", "answered", "rate_limited"]
+    # Another chat has its own hour.
+    p.send(text("+5215500000041", "opening hours?"))
+    assert (await decisions(db, 4))[3] == "answered"
+    await asyncio.sleep(0.3)
+    assert len(said(p)) == 3
+
+
+async def test_a_group_is_answered_only_when_switched_on_for_it(
+    client: Client, admin_token: str, settings: Settings, sid: int, db: asyncpg.Connection
+) -> None:
+    await article(client, admin_token, "Opening hours", "Monday to Friday, 9 to 6.")
+    p = phone(settings, sid)
+    group = p.create_group("120363000000000088", "Buyers", [CUSTOMER])
+    p.send(text(CUSTOMER, "opening hours?", group=group))
+    chat = await conversation(db, f"{group}@g.us")
+    # A sentinel in a 1:1 chat: once it is answered, the group message was looked at.
+    p.send(text("+5215500000042", "opening hours?"))
+    await replies(p, 1)
+    await asyncio.sleep(0.3)
+    assert len(said(p)) == 1
+    assert not await db.fetchval("SELECT ai_active FROM conversations WHERE id = $1", chat["id"])
+    await api(client, admin_token, "PATCH", f"/api/v1/conversations/{chat['id']}", ai_active=True)
+    p.send(text(CUSTOMER, "and your opening hours on friday?", group=group))
+    await replies(p, 2)
+    sent = [m for m in p.sent() if m.get("message")]
+    assert sent[-1]["to"].startswith(group), sent[-1]
+    assert "Monday to Friday" in said(p)[1]
+
+
 async def test_two_bots_talking_are_stopped_and_handed_over(
     client: Client, admin_token: str, settings: Settings, sid: int, db: asyncpg.Connection
 ) -> None:
