@@ -367,6 +367,14 @@ async def test_the_model_gets_articles_history_and_personality(
     assert prompt[-1]["content"] == "¿Cuál es el horario?"
     assert llm.requests[1]["authorization"] == "Bearer sk-test-key-123"
     assert llm.requests[1]["body"]["model"] == "fake-model"
+    # The retrieval score is kept with each decision: none for the greeting, the article's
+    # for the question it answers.
+    scores = [
+        r["score"] for r in await db.fetch("SELECT score FROM ai_replies ORDER BY created_at, ctid")
+    ]
+    assert scores[1] is not None
+    assert scores[1] > 0
+    assert scores[0] is None or scores[0] < scores[1]
 
 
 async def test_model_failures_fall_back_to_the_kb_then_to_a_person(

@@ -199,6 +199,9 @@ class OpenAiProvider:
             raise ProviderError("bad_response", "not a chat-completions answer") from exc
         if not isinstance(content, str):
             raise ProviderError("bad_response", "the answer has no text")
+        # The retrieval score is kept with the decision: low confidence is the model's call here
+        # (the prompt tells it to hand over when the articles do not hold the answer).
+        best = max((h.score for h in hits), default=None)
         if HANDOFF_TOKEN in content or not content.strip():
-            return Answer(None, self.name, None, "the model asked for a person")
-        return Answer(content, self.name)
+            return Answer(None, self.name, best, "the model asked for a person")
+        return Answer(content, self.name, best)
