@@ -280,20 +280,50 @@ def dump_schemas(programs: Programs, dump: Path) -> set[str]:
     return schemas
 
 
-def restore_dump(programs: Programs, dump: Path, url: str, *, timeout: float = 6 * 3600) -> None:
-    """Load a dump into an empty database, all or nothing."""
+def restore_dump(
+    programs: Programs,
+    dump: Path,
+    url: str,
+    *,
+    replace_schemas: list[str],
+    timeout: float = 6 * 3600,
+) -> None:
+    """Replace `replace_schemas` with the dump's contents in one transaction: a restore that
+    fails anywhere (a bad dump, a full disk, a killed process) leaves the database as it was.
+
+    `pg_restore --single-transaction` cannot include the drop of what is there, so the dump is
+    turned into SQL first and psql runs the drop and the whole script as one transaction."""
+    script = dump.with_name(dump.name + ".sql")
     run_program(
         programs,
         "pg_restore",
-        "--dbname={url}",
         "--no-owner",
         "--no-privileges",
-        "--exit-on-error",
-        "--single-transaction",
+        f"--file={script}",
         str(dump),
         url=url,
         timeout=timeout,
     )
+    quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in replace_schemas)
+    try:
+        run_program(
+            programs,
+            "psql",
+            "--dbname={url}",
+            "--no-psqlrc",
+            "--quiet",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "--single-transaction",
+            "-c",
+            f"DROP SCHEMA IF EXISTS {quoted} CASCADE; CREATE SCHEMA public",
+            "-f",
+            str(script),
+            url=url,
+            timeout=timeout,
+        )
+    finally:
+        script.unlink(missing_ok=True)
 
 
 def replace_dir(new: Path, target: Path, stamp: str) -> Path | None:

@@ -26,6 +26,7 @@ from db.backup import (
     BackupError,
     Manifest,
     Programs,
+    Unpacked,
     create_backup,
     dump_schemas,
     replace_dir,
@@ -153,13 +154,11 @@ def restore(settings: Settings, archive: Path) -> RestoreReport:
             restored_version = asyncio.run(_schema_version(url))
         else:
             pg = EmbeddedPostgres(settings.pg_dir)
-            url = pg.start()
+            url = pg.start()  # creates the database when this is a new data directory
             try:
-                maintenance = pg.url("postgres")
-                name = pg.database
-                _psql(programs, maintenance, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-                _psql(programs, maintenance, f'CREATE DATABASE "{name}"')
-                restore_dump(programs, unpacked.dump, url)
+                restore_dump(
+                    programs, unpacked.dump, url, replace_schemas=_schemas(programs, url, unpacked)
+                )
                 restored_version = asyncio.run(_schema_version(url))
             finally:
                 if pg.started_here:
@@ -190,9 +189,21 @@ def _restore_external(programs: Programs, url: str, dump: Path) -> None:
             f"{others} other connection(s) use this database: stop every gateway first"
         )
     schemas = sorted(dump_schemas(programs, dump) | {"public"})
-    quoted = ", ".join('"' + name.replace('"', '""') + '"' for name in schemas)
-    _psql(programs, url, f"DROP SCHEMA IF EXISTS {quoted} CASCADE; CREATE SCHEMA public")
-    restore_dump(programs, dump, url)
+    restore_dump(programs, dump, url, replace_schemas=schemas)
+
+
+def _schemas(programs: Programs, url: str, unpacked: Unpacked) -> list[str]:
+    """What a restore into the embedded database replaces: the dump's schemas and every
+    schema of ours there (the embedded database holds nothing else)."""
+    found = _psql(
+        programs,
+        url,
+        "SELECT string_agg(nspname, ',') FROM pg_namespace "
+        "WHERE nspname NOT LIKE 'pg\\_%' AND nspname <> 'information_schema'",
+    )
+    return sorted(
+        dump_schemas(programs, unpacked.dump) | {"public"} | set(filter(None, found.split(",")))
+    )
 
 
 def _restore_secret_key(settings: Settings, source: Path | None, stamp: str) -> str:

@@ -312,6 +312,29 @@ async def test_backup_and_restore_with_a_database_url(db_url: str, tmp_path: Pat
     assert "other connection" in refused.stderr
     assert await emails() == ["kept@example.com", "later@example.com"]
 
+    # A restore that fails halfway (here: an event trigger refuses the dump's first index,
+    # long after its tables were dropped and made again) leaves the database as it was.
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "CREATE SCHEMA guard; "
+            "CREATE FUNCTION guard.no_index() RETURNS event_trigger LANGUAGE plpgsql AS "
+            "$$ BEGIN RAISE EXCEPTION 'disk full (simulated)'; END $$; "
+            "CREATE EVENT TRIGGER no_index ON ddl_command_end WHEN TAG IN ('CREATE INDEX') "
+            "EXECUTE FUNCTION guard.no_index()"
+        )
+    finally:
+        await conn.close()
+    failed = await run("restore", str(archive))
+    assert failed.returncode == 1
+    assert "disk full (simulated)" in failed.stderr
+    assert await emails() == ["kept@example.com", "later@example.com"]
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute("DROP EVENT TRIGGER no_index; DROP SCHEMA guard CASCADE")
+    finally:
+        await conn.close()
+
     restored = await run("restore", str(archive))
     assert restored.returncode == 0, restored.stderr
     assert await emails() == ["kept@example.com"]
