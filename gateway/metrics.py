@@ -271,10 +271,13 @@ class SessionCollector(Collector):
         yield from (progress, imported, chunks)
 
 
+_CLOUD_STATES = "SELECT state, count(*) AS n FROM sessions WHERE channel = 'cloud' GROUP BY state"
+
+
 class OutboxCollector(Collector):
-    """Outbox depth and the age of its oldest waiting item, per kind: one cheap grouped query
-    (on the partial `outbox_due_idx`), run before a scrape at most once per `max_age` seconds
-    so that scrapes can not hammer the database."""
+    """Outbox depth and the age of its oldest waiting item, per kind, and Cloud API numbers by
+    state: cheap grouped queries (the outbox's on the partial `outbox_due_idx`), run before a
+    scrape at most once per `max_age` seconds so that scrapes can not hammer the database."""
 
     def __init__(
         self,
@@ -291,6 +294,7 @@ class OutboxCollector(Collector):
         self._lock = asyncio.Lock()
         self._read_at: float | None = None
         self._rows: dict[str, tuple[int, float]] = {}
+        self._cloud: dict[str, int] = {}
         self.queries = 0
 
     async def refresh(self) -> None:
@@ -301,7 +305,9 @@ class OutboxCollector(Collector):
             self._read_at = now  # also after a failure: retried after max_age, not every scrape
             async with asyncio.timeout(self._timeout):
                 rows = await outbox_db.depth(self._pool)
+                numbers = await self._pool.fetch(_CLOUD_STATES)
             self.queries += 1
+            self._cloud = {str(r["state"]): int(r["n"]) for r in numbers}
             self._rows = {
                 str(r["kind"]): (int(r["depth"]), float(r["oldest"] or 0.0)) for r in rows
             }
@@ -322,3 +328,11 @@ class OutboxCollector(Collector):
             oldest.add_metric([kind], age)
         yield depth
         yield oldest
+        cloud = GaugeMetricFamily(
+            "wagate_cloud_numbers",
+            "Cloud API numbers by state, cluster-wide (every node reports the same)",
+            labels=["state"],
+        )
+        for state, n in sorted(self._cloud.items()):
+            cloud.add_metric([state], n)
+        yield cloud

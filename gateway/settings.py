@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     )
     host: str = Field(default="127.0.0.1", description="Address the HTTP server listens on.")
     port: int = Field(default=8080, ge=0, le=65535, description="Port of the HTTP server.")
+    metrics_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token `/metrics` requires (Prometheus: `authorization: {credentials: "
+        "...}`). Unset: `/metrics` is open, so keep the port on a private network.",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Signs tokens and encrypts secrets at rest. Unset: generated into "

@@ -10,6 +10,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from db.pool import create_pool
+from gateway.app import create_app
 from gateway.metrics import OutboxCollector
 from gateway.settings import Settings
 from sessions.fake_server import SimHistory
@@ -30,6 +31,7 @@ FAMILIES = {
     "wagate_cloud_webhook_requests": "counter",
     "wagate_outbox_depth": "gauge",
     "wagate_outbox_oldest_age_seconds": "gauge",
+    "wagate_cloud_numbers": "gauge",
     "wagate_outbox_items": "counter",
     "wagate_jira_request_seconds": "histogram",
     "wagate_jira_errors": "counter",
@@ -183,3 +185,28 @@ async def test_outbox_depth_is_read_at_most_once_per_cache_period(db_url: str) -
         assert fresh.queries == 2
     finally:
         await pool.close()
+
+
+async def test_a_metrics_token_guards_metrics_and_cloud_numbers_are_counted(
+    aiohttp_client: Any, tmp_path: Path, db_url: str
+) -> None:
+    settings = fast_settings(tmp_path, db_url, metrics_token="scrape-me-123")
+    client = await aiohttp_client(create_app(settings))
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "scrape-me-123"}):
+        resp = await client.get("/metrics", headers=headers)
+        assert resp.status == 401, headers
+        assert "metrics token" in (await resp.json())["error"]["message"]
+    conn = await asyncpg.connect(db_url)
+    try:
+        await conn.execute(
+            "INSERT INTO sessions (owner_id, channel, name, state) VALUES "
+            "(1, 'cloud', 'a', 'connected'), (1, 'cloud', 'b', 'connected'), "
+            "(1, 'cloud', 'c', 'token_expired')"
+        )
+    finally:
+        await conn.close()
+    resp = await client.get("/metrics", headers={"Authorization": "Bearer scrape-me-123"})
+    assert resp.status == 200
+    got = Scrape(await resp.text())
+    assert got.value("wagate_cloud_numbers", state="connected") == 2
+    assert got.value("wagate_cloud_numbers", state="token_expired") == 1

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel
 
 from db import migrate
-from gateway.keys import METRICS, POOL, READINESS, REGISTRY
+from gateway.auth import bearer_token
+from gateway.errors import Unauthorized
+from gateway.keys import METRICS, POOL, READINESS, REGISTRY, SETTINGS
 from gateway.routing import ApiRouter
 
 router = ApiRouter("health")
@@ -65,8 +68,18 @@ async def readyz(request: web.Request) -> web.Response:
     return web.json_response(body.model_dump(), status=200 if ready else 503)
 
 
-@router.get("/metrics", summary="Prometheus metrics", auth="public")
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics (a bearer token when WAGATE_METRICS_TOKEN is set)",
+    auth="public",
+    errors=(401,),
+)
 async def metrics(request: web.Request) -> web.Response:
+    wanted = request.app[SETTINGS].metrics_token
+    if wanted is not None and wanted.get_secret_value():
+        given = bearer_token(request) or ""
+        if not hmac.compare_digest(given.encode(), wanted.get_secret_value().encode()):
+            raise Unauthorized("/metrics needs the metrics token (Authorization: Bearer ...)")
     await request.app[METRICS].refresh()
     payload = generate_latest(request.app[REGISTRY])
     return web.Response(body=payload, headers={"Content-Type": CONTENT_TYPE_LATEST})
