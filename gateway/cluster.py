@@ -43,6 +43,9 @@ from sessions.supervisor import CommandFailed, QrState, SessionSupervisor, Sessi
 log = structlog.get_logger(__name__)
 
 WAKE_CHANNEL = "wagate_sessions"
+# Sessions stop on a node that has not renewed its leases for this share of a lease, well
+# before another node may take them (at the full lease).
+FENCE_AT = 0.7
 _COMMANDS: TypeAdapter[Any] = TypeAdapter(ipc.Command)
 
 
@@ -96,6 +99,7 @@ class SessionDirectory:
         self._call_ids = itertools.count(1)
         self._handlers: set[asyncio.Task[None]] = set()
         self._tick_lock = asyncio.Lock()
+        supervisor.on_fenced = self._on_fenced
 
     # -- life cycle ----------------------------------------------------------------------------
 
@@ -154,6 +158,13 @@ class SessionDirectory:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._listener.close(), 2.0)
 
+    async def _on_fenced(self, session_ids: list[int]) -> None:
+        """A worker stopped these sessions at the fence (this node was frozen or cut off from
+        the database): they are no longer held here; the next round takes back any whose lease
+        is still ours."""
+        self._held.difference_update(session_ids)
+        self._wake.set()
+
     def _on_wake(self, *_args: Any) -> None:
         self._wake.set()
 
@@ -189,7 +200,7 @@ class SessionDirectory:
     async def _fence(self) -> None:
         """Could not renew for most of a lease: another node may take our sessions any moment,
         so stop them here first (two nodes must never run one session)."""
-        if time.monotonic() - self._last_renewal < self.config.lease_seconds * 0.7:
+        if time.monotonic() - self._last_renewal < self.config.lease_seconds * FENCE_AT:
             return
         if not self._held:
             return
@@ -208,6 +219,9 @@ class SessionDirectory:
             asked = time.monotonic()
             held = await leases.renew(self.pool, self.node_id, ttl)
             self._last_renewal = asked
+            # The workers fence themselves at the same moment as _fence below: a gateway that
+            # freezes (and so never runs _fence) still has its sessions stopped in time.
+            self.supervisor.fence_until(asked + ttl * FENCE_AT)
             for sid in sorted(self._held - held):
                 log.warning("lease lost: stopping the session here", session_id=sid)
                 await self.supervisor.release(sid)

@@ -15,9 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 from sessions.events import DriverEvent
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 # A worker that ends itself with this exit code asks to be replaced by a fresh process.
 RECYCLE_EXIT_CODE = 75
+# A worker ends itself with this code when the gateway stopped extending its `run_until`: the
+# node could not renew its leases (or froze), so another node may take its sessions over.
+FENCED_EXIT_CODE = 76
 MAX_FRAME = 64 * 1024 * 1024  # a history-sync chunk can be large
 _HEADER = struct.Struct(">I")
 
@@ -153,6 +156,7 @@ class StartSession(_Msg):
     session_id: int
     jid: str | None = None  # resume this device; None: pair a new one
     qr_window_seconds: float = 160.0
+    run_until: float | None = None  # see Ping
 
 
 class StopSession(_Msg):
@@ -176,8 +180,14 @@ class Request(_Msg):
 
 
 class Ping(_Msg):
+    """A heartbeat, and the fence: `run_until` is a `time.monotonic()` instant (one clock for
+    every process of a machine) until which this node's leases allow its sessions to run.
+    Past it, with no newer Ping, the worker stops its sessions and exits with
+    FENCED_EXIT_CODE, even when the gateway itself is frozen. None: no fence."""
+
     type: Literal["ping"] = "ping"
     nonce: int
+    run_until: float | None = None
 
 
 class Shutdown(_Msg):

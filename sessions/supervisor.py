@@ -170,6 +170,10 @@ class SessionSupervisor:
         self.states: dict[int, str] = {}
         self._next_attempt: dict[int, datetime] = {}
         self.history: dict[int, HistoryProgress] = {}
+        # The fence (ipc.Ping): until when this node's leases let its workers run sessions,
+        # and who hears of sessions a worker stopped because that moment passed.
+        self.run_until: float | None = None
+        self.on_fenced: Callable[[list[int]], Awaitable[None]] | None = None
 
     # -- small helpers ------------------------------------------------------------------------
 
@@ -380,7 +384,16 @@ class SessionSupervisor:
                 return
             nonce += 1
             with contextlib.suppress(ConnectionError, OSError):
-                worker.send(ipc.Ping(nonce=nonce))
+                worker.send(ipc.Ping(nonce=nonce, run_until=self.run_until))
+
+    def fence_until(self, run_until: float) -> None:
+        """This node's leases let its sessions run until `run_until` (time.monotonic()): tell
+        every worker now, so one whose gateway then freezes still stops in time."""
+        self.run_until = run_until
+        for worker in self._workers.values():
+            if worker.ready.is_set() and not worker.retiring:
+                with contextlib.suppress(ConnectionError, OSError):
+                    worker.send(ipc.Ping(nonce=0, run_until=run_until))
 
     def _kill(self, worker: WorkerHandle) -> None:
         if worker.proc is not None and worker.proc.returncode is None:
@@ -408,6 +421,9 @@ class SessionSupervisor:
         assert worker.backoff is not None
         if time.monotonic() - worker.started_at >= worker.backoff.reset_after:
             worker.backoff.reset()
+        if code == ipc.FENCED_EXIT_CODE:
+            await self._fenced(worker)
+            return
         delay = worker.backoff.next_delay()
         reason = (
             "worker recycled after repeated connect failures"
@@ -429,6 +445,27 @@ class SessionSupervisor:
         for sid in resume:
             if sid in worker.sessions:
                 await self._send_start(worker, sid)
+
+    async def _fenced(self, worker: WorkerHandle) -> None:
+        """The worker stopped its sessions itself, past the fence: they are not running here
+        any more and do not come back here unless this node renews their leases."""
+        fenced = sorted(worker.sessions)
+        log.warning("worker %s stopped sessions %s at the lease fence", worker.id, fenced)
+        self._workers.pop(worker.id, None)
+        self._cpu.pop(worker.id, None)
+        worker.restarting = False
+        for sid in fenced:
+            if self._session_worker.get(sid) is worker:
+                self._session_worker.pop(sid, None)
+            self._cancel_timer(sid)
+            self._qr.pop(sid, None)
+            self._pair_codes.pop(sid, None)
+            self.states.pop(sid, None)
+            self._next_attempt.pop(sid, None)
+            self.history.pop(sid, None)
+        worker.sessions.clear()
+        if self.on_fenced is not None:
+            await self.on_fenced(fenced)
 
     async def _on_worker_message(self, worker: WorkerHandle, message: Any) -> None:
         if isinstance(message, ipc.Hello):
@@ -481,7 +518,9 @@ class SessionSupervisor:
             return
         self._qr.pop(session_id, None)
         with contextlib.suppress(ConnectionError, OSError):
-            worker.send(ipc.StartSession(session_id=session_id, jid=session.jid))
+            worker.send(
+                ipc.StartSession(session_id=session_id, jid=session.jid, run_until=self.run_until)
+            )
 
     async def stop_session(self, session_id: int, *, state: str = "stopped") -> None:
         """Stop the session's client and, when it was alone in its worker, the worker too."""

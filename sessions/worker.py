@@ -5,7 +5,10 @@
 
 neonize keeps process-global Go state without locks, and a crash of its Go side takes the whole
 process down (NEONIZE.md), so each worker is a child process the supervisor can restart. The
-worker dies with its parent (PR_SET_PDEATHSIG) and exits when the IPC socket closes.
+worker dies with its parent (PR_SET_PDEATHSIG) and exits when the IPC socket closes. It also
+fences itself: the supervisor passes on how long this node's leases let it run its sessions
+(`run_until`); a gateway that stops extending it (its database hangs, or it froze) finds its
+workers gone before another node may take their sessions over.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Literal
@@ -74,6 +78,7 @@ class Worker:
         self._connect_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
         self.failed_connects = 0
+        self.run_until: float | None = None  # time.monotonic(); None: not fenced
 
     def send(self, message: BaseModel) -> None:
         self._out.put_nowait(message)
@@ -121,6 +126,7 @@ class Worker:
         )
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, lambda: reader.feed_eof())
+        fence = asyncio.ensure_future(self._watch_fence())
         try:
             while True:
                 try:
@@ -132,6 +138,7 @@ class Worker:
                     break
                 await self._handle(message, factory, timing)
         finally:
+            fence.cancel()
             await self._stop_all()
             self._out.put_nowait(None)
             with contextlib.suppress(Exception):
@@ -145,6 +152,7 @@ class Worker:
         from sessions.spool import Spool
 
         if isinstance(message, ipc.Ping):
+            self.run_until = message.run_until
             self.send(ipc.Pong(nonce=message.nonce))
         elif isinstance(message, ipc.Ack):
             runtime = self.runtimes.get(message.session_id)
@@ -154,6 +162,8 @@ class Worker:
                 with Spool(self._spool_dir(message.session_id)) as spool:
                     spool.ack(message.seq)
         elif isinstance(message, ipc.StartSession):
+            if message.run_until is not None:
+                self.run_until = message.run_until
             old = self.runtimes.pop(message.session_id, None)
             if old is not None:
                 await old.stop()
@@ -229,12 +239,37 @@ class Worker:
     def _shared_dir(self) -> Path:
         return self.config.shared_dir or self.config.data_dir
 
-    async def _stop_all(self) -> None:
+    async def _watch_fence(self, period: float = 0.1) -> None:
+        """Past `run_until` with sessions running: stop them and end the process at once (a
+        process exit closes every WhatsApp connection it had; what was spooled and not yet
+        acknowledged is replayed by whichever node runs the session next)."""
+        while True:
+            await asyncio.sleep(period)
+            if self.run_until is None or not self.runtimes:
+                continue
+            late = time.monotonic() - self.run_until
+            if late < 0:
+                continue
+            log.error(
+                "the gateway has not renewed this node's leases (%.1fs past the fence): "
+                "stopping sessions %s and exiting",
+                late,
+                sorted(self.runtimes),
+            )
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._stop_all(timeout=0.5), 0.8)
+            for handler in logging.getLogger().handlers:
+                with contextlib.suppress(Exception):
+                    handler.flush()
+            os._exit(ipc.FENCED_EXIT_CODE)
+
+    async def _stop_all(self, timeout: float = 5.0) -> None:
         runtimes = list(self.runtimes.values())
         self.runtimes.clear()
         if runtimes:
             await asyncio.wait(
-                [asyncio.ensure_future(r.stop(timeout=5.0)) for r in runtimes], timeout=8
+                [asyncio.ensure_future(r.stop(timeout=timeout)) for r in runtimes],
+                timeout=timeout + 3,
             )
 
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import os
 import signal
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import psutil
 import pytest
 
 from gateway.app import create_app
+from gateway.keys import SESSIONS
 from gateway.settings import Settings
 from sessions.fake_server import SimMessage
 from tests.conftest import ADMIN_EMAIL, ADMIN_PASSWORD, bearer, login
@@ -316,6 +318,46 @@ async def test_a_worker_that_stops_answering_is_killed_and_restarted(
     await wait_state(client, token, sid, "connected")
     phone(settings, sid).send(text("+5215512345678", "after the freeze"))
     await wait_for(lambda: _has_messages(db_url, sid, 1), what="a message after the restart")
+
+
+async def test_a_worker_past_its_lease_fence_exits_and_the_node_takes_the_session_back(
+    client: Client, token: str, settings: Settings, db_url: str
+) -> None:
+    sid = await link(client, token, settings)
+    sup = supervisor(client)
+    directory = client.server.app[SESSIONS]
+    pid = sup.worker_pid(sid)
+    assert pid is not None
+    fenced: list[list[int]] = []
+    tell_directory = sup.on_fenced
+    assert tell_directory is not None
+
+    async def heard(session_ids: list[int]) -> None:
+        fenced.append(session_ids)
+        await tell_directory(session_ids)
+
+    sup.on_fenced = heard
+    # No lease round may extend the fence meanwhile: as if this node could not renew.
+    async with directory._tick_lock:
+        sup.fence_until(time.monotonic() + 0.3)
+        await wait_for(
+            lambda: asyncio.sleep(0, result=_zombie(pid) or not psutil.pid_exists(pid)),
+            timeout=5,
+            what="the worker to end itself at the fence",
+        )
+        await wait_for(lambda: asyncio.sleep(0, result=bool(fenced)), what="the fenced report")
+        assert fenced == [[sid]]
+        assert sup.worker_pid(sid) is None  # not restarted here on its own
+        assert sid not in directory.held
+    # The lease is still this node's: the next round takes the session back, no QR needed.
+    await wait_for(
+        lambda: asyncio.sleep(0, result=sup.worker_pid(sid) not in (None, pid)),
+        timeout=20,
+        what="the session back in a new worker",
+    )
+    await wait_state(client, token, sid, "connected")
+    phone(settings, sid).send(text("+5215512345678", "after the fence"))
+    await wait_for(lambda: _has_messages(db_url, sid, 1), what="a message after the fence")
 
 
 # -- what the phone and WhatsApp do -----------------------------------------------------------

@@ -116,7 +116,7 @@ async def test_truncated_and_foreign_frames_are_protocol_errors() -> None:
 
 def test_hello_carries_the_protocol_version() -> None:
     hello = ipc.Hello(version=ipc.PROTOCOL_VERSION, pid=1, driver="fake")
-    assert b'"version":1' in ipc.encode(hello)
+    assert b'"version":2' in ipc.encode(hello)
 
 
 # -- backoff ----------------------------------------------------------------------------------
