@@ -490,17 +490,41 @@ async def test_an_event_raised_on_one_process_reaches_a_client_of_another(
 
             # The session lives on A (its worker is A's child); the client talks to B only.
             await wait_for(lambda: _is(state, "qr_required"), what="a QR on A")
+            fake = Phone(FakeWhatsApp(a.data_dir / "fake-wa"), sid)
             async with connected(b.base, auth={"token": token}) as sock:
                 await sock.sio.emit("join", {"token": token})  # harmless when authenticated
-                Phone(FakeWhatsApp(a.data_dir / "fake-wa"), sid).scan()
+                # Asked of B, answered by A: the code, then the next one without asking.
+                answer = await sock.sio.call("get-qr", {"sessionId": sid}, timeout=10)
+                assert answer["success"] is True
+                first = await sock.wait("qr-code", lambda d: d["sessionId"] == sid)
+                assert first["qr"].startswith(PNG_URL)
+                await sock.wait("qr-code", lambda d: d["qr"] != first["qr"], timeout=30)
+                fake.scan()
                 ready = await sock.wait("session-ready", with_session(sid))
                 assert isinstance(ready["seq"], int)
-                Phone(FakeWhatsApp(a.data_dir / "fake-wa"), sid).send(
-                    text("+5215511111111", "raised on A")
-                )
+                fake.send(text("+5215511111111", "raised on A"))
                 msg = await sock.wait("message-new", message_with("raised on A"))
                 assert msg["session_id"] == sid
                 assert isinstance(msg["seq"], int)
+
+                # A send given to B goes out through A; its answer and status come back to B.
+                await sock.sio.emit(
+                    "send-message",
+                    {"conversationId": msg["conversation_id"], "textContent": "sent via B"},
+                )
+                sent = await sock.wait("message-sent")
+                assert sent["success"] is True
+                assert sent["conversationId"] == msg["conversation_id"]
+                await sock.wait(
+                    "message-status",
+                    lambda d: d.get("id") == sent["messageId"] and d.get("status") == "sent",
+                )
+                delivered = [
+                    item
+                    for item in fake.sent()
+                    if item.get("message", {}).get("conversation") == "sent via B"
+                ]
+                assert len(delivered) == 1
             got = await http.get(f"{b.base}/api/v1/sessions/{sid}", headers=bearer(token))
             assert (await got.json())["worker"] is None, "B never ran the session"
     finally:
