@@ -14,7 +14,7 @@ from gateway.app import create_app
 from gateway.keys import SESSIONS
 from sessions.fake_server import FakeWhatsApp, Phone
 from tests.conftest import bearer, login
-from tests.sessions_helpers import Client, fast_settings, wait_for
+from tests.sessions_helpers import Client, fast_settings, text, wait_for
 
 
 async def body(client: Client, token: str, method: str, path: str, status: int = 200) -> Any:
@@ -177,3 +177,82 @@ async def test_a_node_whose_lease_rounds_hang_stops_its_sessions_before_another_
     finally:
         await conn.close()
     assert [r["node_id"] for r in holders] == [directory_b.node_id]
+
+
+@pytest.mark.timeout(120)
+async def test_a_node_that_joins_gets_its_share_without_a_session_running_twice(
+    tmp_path: Path, db_url: str, aiohttp_client: Any
+) -> None:
+    shared = tmp_path / "shared"
+    common = {
+        "shared_dir": shared,
+        "lease_seconds": 3.0,
+        "qr_first_seconds": 60.0,
+        "max_sessions_per_user": 10,
+    }
+    a = await aiohttp_client(create_app(fast_settings(tmp_path / "a", db_url, **common)))
+    token = await login(a, "admin@example.com", "admin-password-1")
+    sids = []
+    for i in range(6):
+        resp = await a.post("/api/v1/sessions", json={"name": f"s{i}"}, headers=bearer(token))
+        assert resp.status == 201
+        sids.append(int((await resp.json())["id"]))
+    fake = FakeWhatsApp(shared / "fake-wa")
+
+    async def states() -> dict[int, str]:
+        items = (await body(a, token, "GET", "/api/v1/sessions"))["items"]
+        return {int(s["id"]): str(s["state"]) for s in items}
+
+    async def all_in(state: str) -> bool:
+        now = await states()
+        return all(now.get(sid) == state for sid in sids)
+
+    await wait_for(lambda: all_in("qr_required"), what="six QR codes on a")
+    for sid in sids:
+        Phone(fake, sid).scan()
+    await wait_for(lambda: all_in("connected"), what="six accounts connected on a")
+    directory_a = a.server.app[SESSIONS]
+    assert directory_a.held == frozenset(sids)
+
+    b = await aiohttp_client(create_app(fast_settings(tmp_path / "b", db_url, **common)))
+    directory_b = b.server.app[SESSIONS]
+    loop = asyncio.get_running_loop()
+    joined = loop.time()
+    spread_after: float | None = None
+    while loop.time() - joined < 30:
+        for sid in sids:
+            on_a = directory_a.supervisor.worker_pid(sid) is not None
+            on_b = directory_b.supervisor.worker_pid(sid) is not None
+            assert not (on_a and on_b), f"session {sid} ran on both nodes"
+        if (
+            len(directory_b.held) >= 2
+            and directory_a.held | directory_b.held == frozenset(sids)
+            and await all_in("connected")
+        ):
+            spread_after = loop.time() - joined
+            break
+        await asyncio.sleep(0.05)
+    assert spread_after is not None, (directory_a.held, directory_b.held)
+    print(f"b took {len(directory_b.held)} of 6 after {spread_after:.2f} s")
+    assert not directory_a.held & directory_b.held
+    assert len(directory_a.held) <= 4
+
+    # A moved account goes on where it was: no QR, its next message stored once.
+    moved = min(directory_b.held)
+    Phone(fake, moved).send(text("+5215512345678", "after the move"))
+    conn = await asyncpg.connect(db_url)
+    try:
+
+        async def stored() -> bool:
+            n = await conn.fetchval(
+                "SELECT count(*) FROM messages WHERE session_id = $1 AND text_content = $2",
+                moved,
+                "after the move",
+            )
+            return bool(n == 1)
+
+        await wait_for(stored, what="the message of a moved account")
+        await asyncio.sleep(0.5)
+        assert await stored()
+    finally:
+        await conn.close()
