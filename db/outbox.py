@@ -28,12 +28,18 @@ RETURNING id
 _NOTIFY = "SELECT pg_notify($1, $2)"
 _CLAIM = """
 UPDATE outbox SET state = 'running', attempts = attempts + 1,
-    locked_until = now() + make_interval(secs => $3), updated_at = now()
+    locked_until = now() + make_interval(secs => $3), locked_by = $4, updated_at = now()
 WHERE id IN (
     SELECT id FROM outbox
     WHERE kind = ANY($1::text[])
       AND ((state = 'pending' AND next_attempt_at <= now())
-           OR (state = 'running' AND locked_until < now()))
+           OR (state = 'running' AND locked_until < now())
+           -- Running on a node that died or left: no need to wait for the item's own lock.
+           OR (state = 'running' AND $5::float8 IS NOT NULL AND locked_by IS NOT NULL
+               AND locked_by IS DISTINCT FROM $4
+               AND NOT EXISTS (
+                   SELECT 1 FROM gateway_nodes n WHERE n.node_id = outbox.locked_by
+                     AND n.heartbeat_at > now() - make_interval(secs => $5))))
       -- Several gateway nodes: not for a session another node runs (its holder does it).
       AND ($4::text IS NULL OR session_id IS NULL OR NOT EXISTS (
           SELECT 1 FROM session_leases l
@@ -111,9 +117,13 @@ async def claim(
     limit: int,
     lease_seconds: float,
     node_id: str | None = None,
+    node_ttl: float | None = None,
 ) -> list[OutboxItem]:
-    """Take due items (with `node_id`, only those of sessions no other node holds)."""
-    rows: list[asyncpg.Record] = await conn.fetch(_CLAIM, kinds, limit, lease_seconds, node_id)
+    """Take due items (with `node_id`, only those of sessions no other node holds; with
+    `node_ttl` too, also the running items of nodes not seen for that long)."""
+    rows: list[asyncpg.Record] = await conn.fetch(
+        _CLAIM, kinds, limit, lease_seconds, node_id, node_ttl
+    )
     return [
         OutboxItem(r["id"], r["kind"], r["session_id"], json.loads(r["payload"]), r["attempts"])
         for r in rows

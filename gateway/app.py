@@ -233,6 +233,7 @@ async def _sessions(app: web.Application) -> AsyncIterator[None]:
         keep_revoked=settings.keep_revoked,
         metrics=app[METRICS],
         node_id=directory.node_id,
+        node_ttl=settings.lease_seconds,
     )
     worker.use_cloud(cloud.sender)
     await worker.start()

@@ -61,8 +61,10 @@ class OutboxWorker:
         retry_base: float = 1.0,
         metrics: Metrics | None = None,
         node_id: str | None = None,
+        node_ttl: float | None = None,
     ) -> None:
         self._node_id = node_id
+        self._node_ttl = node_ttl
         self._metrics = metrics
         self._media_dir = media_dir
         self._pool = pool
@@ -115,7 +117,12 @@ class OutboxWorker:
         while True:
             try:
                 items = await outbox.claim(
-                    self._pool, KINDS, 20, LEASE_SECONDS, node_id=self._node_id
+                    self._pool,
+                    KINDS,
+                    20,
+                    LEASE_SECONDS,
+                    node_id=self._node_id,
+                    node_ttl=self._node_ttl,
                 )
             except (OSError, asyncpg.PostgresError) as exc:
                 log.warning("outbox: database unavailable", error=str(exc))
