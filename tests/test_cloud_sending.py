@@ -335,11 +335,32 @@ async def test_templates_sync_create_and_register_defaults(
             "name": "shipping_update",
             "category": "UTILITY",
             "language": "es",
-            "components": [{"type": "BODY", "text": "Tu pedido {{1}}"}],
+            "components": [{"type": "BODY", "text": "Tu pedido {{1}} va en camino."}],
         },
         headers=bearer(token),
     )
     assert created.status == 201, await created.text()
+    # What Meta's review would refuse is refused here, with the reason, before asking Meta.
+    calls = len(fake_graph.calls)
+    for text, reason in (
+        ("Tu pedido {{1}}", "must not end with a variable"),
+        ("{{1}}, tu pedido llegó.", "must not start with a variable"),
+        ("Hola {{1}} {{2}} gracias.", "need text between them"),
+        ("Hola {{2}}, tu pedido llegó.", "numbered {{1}}, {{2}}"),
+    ):
+        refused = await client.post(
+            f"/api/v1/sessions/{sid}/templates",
+            json={
+                "name": "bad_one",
+                "category": "UTILITY",
+                "language": "es",
+                "components": [{"type": "BODY", "text": text}],
+            },
+            headers=bearer(token),
+        )
+        assert refused.status == 400, text
+        assert reason in await refused.text(), text
+    assert len(fake_graph.calls) == calls
     assert (await created.json())["status"] == "PENDING"
     defaults = await client.post(
         f"/api/v1/sessions/{sid}/templates/register-defaults", headers=bearer(token)
@@ -434,3 +455,19 @@ async def test_an_expired_token_is_replaced_in_place_and_the_waiting_messages_go
 
 async def _true_async(get: Any, wanted: str) -> bool:
     return bool(await get() == wanted)
+
+
+def test_template_bodies_meta_would_refuse_are_named() -> None:
+    from gateway.cloud.templates import body_problem, default_templates
+
+    assert body_problem("No variables at all") is None
+    assert body_problem("Tu pedido {{1}} llega el {{2}}.") is None
+    assert body_problem("Hola {{1}}, ¿cómo estás? {{1}} ya está listo.") is None
+    assert "start" in (body_problem("{{1}} es tu código") or "")
+    assert "end" in (body_problem("Tu código es {{1}}  ") or "")
+    assert "between" in (body_problem("Hola {{1}}{{2}} listo") or "")
+    assert "numbered" in (body_problem("Hola {{1}} y {{3}} listo") or "")
+    assert "numbered" in (body_problem("Hola {{2}} y {{1}} listo") or "")
+    # Every support template wagate registers passes (none ends with a variable).
+    for template in default_templates():
+        assert body_problem(template["components"][0]["text"]) is None, template

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import structlog
 from aiohttp import web
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 from db import cloud as cloud_db
 from db import conversations as conversations_db
@@ -69,6 +69,14 @@ class TemplateCreate(BaseModel):
     category: Literal["UTILITY", "MARKETING", "AUTHENTICATION"]
     language: str = Field(min_length=2, max_length=20)
     components: list[dict[str, Any]] = Field(max_length=20)
+
+    @field_validator("components")
+    @classmethod
+    def _meta_accepts_the_body(cls, components: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        problem = cloud_templates.template_problem(components)
+        if problem:
+            raise ValueError(f"Meta would refuse this template: {problem}")
+        return components
 
 
 class RegisteredDefaults(BaseModel):

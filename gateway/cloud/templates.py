@@ -3,6 +3,8 @@ set wagate registers on request (in Spanish, Brazilian Portuguese and English)."
 
 from __future__ import annotations
 
+import itertools
+import re
 from typing import TYPE_CHECKING, Any
 
 from db import cloud as cloud_db
@@ -12,7 +14,8 @@ if TYPE_CHECKING:
     from gateway.cloud.numbers import CloudNumber
     from gateway.cloud.service import CloudService
 
-# name -> language -> body text ({{1}} ticket key, {{2}} the second value)
+# name -> language -> body text ({{1}} ticket key, {{2}} the second value). Meta refuses a body
+# that starts or ends with a variable, so every variable has words after it.
 DEFAULT_BODIES: dict[str, dict[str, str]] = {
     "ticket_created": {
         "es": "Hemos creado tu ticket {{1}}. Te responderemos pronto.",
@@ -20,14 +23,14 @@ DEFAULT_BODIES: dict[str, dict[str, str]] = {
         "en": "We created your ticket {{1}}. We will get back to you soon.",
     },
     "ticket_updated": {
-        "es": "Tu ticket {{1}} fue actualizado: {{2}}",
-        "pt_BR": "O seu ticket {{1}} foi atualizado: {{2}}",
-        "en": "Your ticket {{1}} was updated: {{2}}",
+        "es": "Tu ticket {{1}} tiene novedades: {{2}}. Responde a este mensaje si tienes dudas.",
+        "pt_BR": "O seu ticket {{1}} tem novidades: {{2}}. Responda se tiver alguma dúvida.",
+        "en": "Your ticket {{1}} was updated: {{2}}. Reply to this message if you have questions.",
     },
     "ticket_assigned": {
-        "es": "Tu ticket {{1}} fue asignado a {{2}}.",
-        "pt_BR": "O seu ticket {{1}} foi atribuído a {{2}}.",
-        "en": "Your ticket {{1}} was assigned to {{2}}.",
+        "es": "Tu ticket {{1}} fue asignado a {{2}}, que te dará seguimiento.",
+        "pt_BR": "O seu ticket {{1}} foi atribuído a {{2}}, que vai acompanhar o seu caso.",
+        "en": "Your ticket {{1}} was assigned to {{2}}, who will follow up with you.",
     },
     "ticket_resolved": {
         "es": "Tu ticket {{1}} fue resuelto. Responde a este mensaje si necesitas algo más.",
@@ -35,9 +38,9 @@ DEFAULT_BODIES: dict[str, dict[str, str]] = {
         "en": "Your ticket {{1}} was resolved. Reply to this message if you need anything else.",
     },
     "agent_response": {
-        "es": "Respuesta a tu ticket {{1}}: {{2}}",
-        "pt_BR": "Resposta ao seu ticket {{1}}: {{2}}",
-        "en": "Reply to your ticket {{1}}: {{2}}",
+        "es": "Tu ticket {{1}} tiene una respuesta: {{2}}. Responde aquí para continuar.",
+        "pt_BR": "O seu ticket {{1}} tem uma resposta: {{2}}. Responda aqui para continuar.",
+        "en": "Your ticket {{1}} has a reply: {{2}}. Answer here to continue.",
     },
     "sla_warning": {
         "es": "Seguimos trabajando en tu ticket {{1}}; la respuesta tardará un poco más.",
@@ -46,6 +49,45 @@ DEFAULT_BODIES: dict[str, dict[str, str]] = {
     },
 }
 EXAMPLES = {"{{1}}": "SUP-123", "{{2}}": "Ana"}
+
+
+_VARIABLE = re.compile(r"\{\{\s*(\d+)\s*\}\}")
+_TEXT = re.compile(r"\S")
+
+
+def body_problem(text: str) -> str | None:
+    """Why Meta would refuse this template body, or None. Its rules: a body neither starts nor
+    ends with a variable, two variables are not side by side, and they are numbered 1, 2, ...
+    in order of first use. Only what surely breaks them is refused here (a variable with
+    nothing but spaces around it); Meta's review has the last word."""
+    found = list(_VARIABLE.finditer(text))
+    if not found:
+        return None
+    if not _TEXT.search(text[: found[0].start()]):
+        return f"the body must not start with a variable: put words before {found[0].group(0)}"
+    if not _TEXT.search(text[found[-1].end() :]):
+        return f"the body must not end with a variable: put words after {found[-1].group(0)}"
+    for before, after in itertools.pairwise(found):
+        if not _TEXT.search(text[before.end() : after.start()]):
+            return f"{before.group(0)} and {after.group(0)} need text between them"
+    numbers: list[int] = []
+    for match in found:
+        n = int(match.group(1))
+        if n not in numbers:
+            numbers.append(n)
+    if numbers != list(range(1, len(numbers) + 1)):
+        return "variables must be numbered {{1}}, {{2}}, ... in order of first use"
+    return None
+
+
+def template_problem(components: list[dict[str, Any]]) -> str | None:
+    """The first problem of a template's BODY component, named for the operator."""
+    for component in components:
+        if str(component.get("type", "")).upper() == "BODY":
+            problem = body_problem(str(component.get("text") or ""))
+            if problem:
+                return problem
+    return None
 
 
 def default_templates() -> list[dict[str, Any]]:

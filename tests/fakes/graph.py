@@ -17,6 +17,7 @@ import hmac
 import io
 import itertools
 import json
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -178,6 +179,9 @@ class FakeGraph:
             if request.method == "GET":
                 return web.json_response({"data": self.templates, "paging": {}})
             body = await request.json()
+            refusal = _dangling_variable(body)
+            if refusal:
+                return self._error(100, 400, refusal)
             template_id = f"{next(self._ids):015d}"
             self.templates.append({**body, "id": template_id, "status": "PENDING"})
             return web.json_response(
@@ -293,6 +297,19 @@ def status(
     if errors:
         item["errors"] = errors
     return item
+
+
+def _dangling_variable(template: dict[str, Any]) -> str | None:
+    """Meta's review: a BODY may not start or end with a {{n}} variable (text around it)."""
+    for component in template.get("components") or []:
+        if component.get("type") != "BODY":
+            continue
+        text = str(component.get("text") or "").strip()
+        start = re.match(r"^\{\{\d+\}\}", text)
+        end = re.search(r"\{\{\d+\}\}$", text)
+        if start or end:
+            return "Variables can't be at the start or end of the template."
+    return None
 
 
 async def emit(
