@@ -43,6 +43,7 @@ from db import jira as jira_db
 from db import users as users_db
 from db.jira import Connection, Ticket
 from db.outbox import OutboxItem
+from gateway.ai.text import detect_language
 from gateway.bus import BusEvent, EventBus
 from gateway.errors import ApiError
 from gateway.jira_client import (
@@ -849,7 +850,9 @@ class JiraBridge:
                 message
             )
             if language is None:
-                language = connection.language
+                language = await self._spoken_language(
+                    int(message["conversation_id"]), int(message["id"]), connection.language
+                )
                 if message["text_content"].strip().lower().startswith("/cancelar"):
                     language = "pt" if language == "en" else language
         if ticket is not None and ticket.language != language:
@@ -878,6 +881,20 @@ class JiraBridge:
         await self.reply(
             connection.user_id, int(conversation["id"]), answer, f"jira-cmd:{message['id']}"
         )
+
+    async def _spoken_language(self, conversation_id: int, up_to: int | None, default: str) -> str:
+        """The language the customer writes in (their latest texts), or `default` when that is
+        not clear (a few words, numbers only)."""
+        found = await self.pool.fetch(
+            "SELECT text_content FROM messages WHERE conversation_id = $1 "
+            "AND direction = 'inbound' AND text_content IS NOT NULL "
+            "AND text_content NOT LIKE '/%' AND ($2::bigint IS NULL OR id <= $2) "
+            "ORDER BY id DESC LIMIT 10",
+            conversation_id,
+            up_to,
+        )
+        text = " ".join(str(r["text_content"]) for r in found)
+        return detect_language(text, default) if text.strip() else default
 
     async def _customer_language(self, message: dict[str, Any]) -> str | None:
         """The language of the customer's latest command that tells one."""
@@ -984,7 +1001,9 @@ class JiraBridge:
         await jira_db.set_status(self.pool, ticket.id, status, p.get("category"))
         if not connection.status_notices or ticket.state == "closed":
             return
-        language = ticket.language or connection.language
+        language = ticket.language or await self._spoken_language(
+            ticket.conversation_id, None, connection.language
+        )
         key = str(ticket.issue_key)
         if connection.status_notice_text:
             text = connection.status_notice_text.replace("{key}", key).replace("{status}", status)

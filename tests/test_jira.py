@@ -592,3 +592,26 @@ async def test_the_other_commands_and_the_status_notice_settings(
     await wait_for(done, what="the status change taken")
     await asyncio.sleep(1.0)
     assert len([m for m in phone(settings, sid).sent() if "message" in m]) == 6
+
+
+async def test_notices_and_answers_speak_the_language_the_customer_writes(
+    client: Client, token: str, settings: Settings, fake: FakeJira
+) -> None:
+    """No command has told the customer's language: it is read from what they write, so a
+    Spanish-speaking customer of an English-speaking team is answered in Spanish."""
+    sid = await link(client, token, settings)
+    saved = await connect(client, token, fake, auto_bridge_session_ids=[sid], language="en")
+    url = hook_url(client, saved)
+    say(settings, sid, "Hola, mi pedido no ha llegado todavía y necesito ayuda por favor")
+    key = await one_issue(fake)
+    await recorded(client, token, key)
+    await fake.deliver(url, fake.status_event(key, "To Do", "In Progress"), secret=SECRET)
+    texts = await sent_texts(settings, sid, 1)
+    assert texts[0] == f"Tu ticket {key} ahora está en In Progress."
+    say(settings, sid, "/status")  # the same word in every language
+    texts = await sent_texts(settings, sid, 2)
+    assert texts[1] == f"Tu ticket {key} está en In Progress."
+    # A command of one language is answered in it.
+    say(settings, sid, "/new")
+    texts = await sent_texts(settings, sid, 3)
+    assert texts[2] == "Done: your next message opens a new ticket."
