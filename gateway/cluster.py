@@ -365,13 +365,16 @@ class SessionDirectory:
         await sessions_db.set_desired(self.pool, session_id, "running")
         holder = await self._holder(session_id)
         if holder is None and not self._stopping:
-            if await leases.claim(
-                self.pool, self.node_id, self.config.lease_seconds, 1, session_id
-            ):
-                self._held.add(session_id)
-                holder = self.node_id
-            else:
-                holder = await leases.holder(self.pool, session_id)
+            # Inside the round's lock: a round running meanwhile would otherwise replace
+            # `_held` with what it renewed before this claim, and later "adopt" the session
+            # again (a needless restart of its client).
+            async with self._tick_lock:
+                claimed = await leases.claim(
+                    self.pool, self.node_id, self.config.lease_seconds, 1, session_id
+                )
+                if claimed:
+                    self._held.add(session_id)
+            holder = self.node_id if claimed else await leases.holder(self.pool, session_id)
         if holder == self.node_id:
             await self.supervisor.start_session(session_id)
         elif holder is not None:

@@ -91,6 +91,7 @@ class WorkerHandle:
     proc: asyncio.subprocess.Process | None = None
     writer: asyncio.StreamWriter | None = None
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    held_starts: set[int] = field(default_factory=set)  # to send at Hello
     pending: dict[int, asyncio.Future[ipc.Response]] = field(default_factory=dict)
     last_pong: float = field(default_factory=time.monotonic)
     started_at: float = field(default_factory=time.monotonic)
@@ -320,6 +321,7 @@ class SessionSupervisor:
         import json
 
         worker.ready = asyncio.Event()
+        worker.held_starts = set()
         try:
             try:
                 worker.proc = await asyncio.create_subprocess_exec(
@@ -475,6 +477,11 @@ class SessionSupervisor:
                 return
             worker.last_pong = time.monotonic()
             worker.ready.set()
+            # The starts held back while it was loading (see _send_start), with the fence as
+            # it is now.
+            held_back, worker.held_starts = worker.held_starts, set()
+            for sid in sorted(held_back & worker.sessions):
+                await self._send_start(worker, sid)
         elif isinstance(message, ipc.Pong):
             worker.last_pong = time.monotonic()
         elif isinstance(message, ipc.EventFrame):
@@ -513,6 +520,14 @@ class SessionSupervisor:
         await self._send_start(worker, session_id)
 
     async def _send_start(self, worker: WorkerHandle, session_id: int) -> None:
+        if not worker.ready.is_set():
+            # Still loading (neonize's library takes seconds on a busy machine): the start is
+            # sent at its Hello. Queued now, it would carry a fence that may be past by the
+            # time the worker reads it, and the worker would stop the session at once.
+            # (Checked before any await: either this or the Hello sends it, never both.)
+            worker.held_starts.add(session_id)
+            self._qr.pop(session_id, None)
+            return
         session = await sessions_db.get(self.pool, session_id)
         if session is None:
             return

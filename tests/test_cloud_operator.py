@@ -67,7 +67,7 @@ async def test_template_status_updates_arrive_by_webhook(
             "name": "shipping_update",
             "category": "UTILITY",
             "language": "es",
-            "components": [{"type": "BODY", "text": "Tu pedido {{1}}"}],
+            "components": [{"type": "BODY", "text": "Tu pedido {{1}} está en camino."}],
         },
         headers=bearer(token),
     )

@@ -5,7 +5,9 @@ the sessions over, so WhatsApp never sees one account connected from two nodes."
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import signal
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -129,3 +131,57 @@ def test_a_frozen_node_has_its_workers_stop_before_another_node_takes_its_sessio
             a.proc.send_signal(signal.SIGCONT)
         a.kill()
         b.kill()
+
+
+@pytest.mark.timeout(60)
+async def test_a_worker_slow_to_load_starts_with_the_fence_of_when_it_is_ready(
+    tmp_path: Path, db_url: str, aiohttp_client: Any
+) -> None:
+    """A worker takes seconds to load neonize on a busy machine. Its session must start with
+    the fence as it is once the worker is ready, not the one from when it was launched: that
+    one may already be past, and the worker would stop the session the moment it began."""
+    from gateway.app import create_app
+    from gateway.keys import SESSIONS
+    from tests.conftest import bearer, login
+    from tests.sessions_helpers import fast_settings, wait_for
+
+    lease = 1.5  # rounds every 0.5 s, each fencing 1.05 s ahead
+    load = 2.5  # longer than a fence
+    slow_python = tmp_path / "slow-python"
+    slow_python.write_text(f'#!/bin/sh\nsleep {load}\nexec "{sys.executable}" "$@"\n')
+    slow_python.chmod(0o755)
+    app = create_app(fast_settings(tmp_path / "node", db_url, lease_seconds=lease))
+    client = await aiohttp_client(app)
+    supervisor = app[SESSIONS].supervisor
+    supervisor.config = dataclasses.replace(supervisor.config, python=str(slow_python))
+    fenced: list[list[int]] = []
+    tell_directory = supervisor.on_fenced
+    assert tell_directory is not None
+
+    async def heard(session_ids: list[int]) -> None:
+        fenced.append(session_ids)
+        await tell_directory(session_ids)
+
+    supervisor.on_fenced = heard
+    token = await login(client, ADMIN_EMAIL, ADMIN_PASSWORD)
+    resp = await client.post("/api/v1/sessions", json={"name": "slow"}, headers=bearer(token))
+    assert resp.status == 201
+    sid = int((await resp.json())["id"])
+
+    async def state() -> str:
+        resp = await client.get(f"/api/v1/sessions/{sid}", headers=bearer(token))
+        return str((await resp.json())["state"])
+
+    await wait_for(
+        lambda: _is(state(), "qr_required"), timeout=load + 10, what="the QR of the session"
+    )
+    pid = supervisor.worker_pid(sid)
+    # Several fences later it still runs in the same worker: the rounds keep it alive.
+    await asyncio.sleep(lease * 2)
+    assert fenced == []
+    assert supervisor.worker_pid(sid) == pid
+    assert await state() == "qr_required"
+
+
+async def _is(value: Any, wanted: str) -> bool:
+    return bool(await value == wanted)
