@@ -322,7 +322,7 @@ def test_a_new_operator_links_an_account_and_chats(gateway: Server, browser: Any
         expect(conv.locator(".conv-preview")).to_have_text("You: Photo")
         expect(conv.locator(".unread")).to_have_count(0)  # read while it was open
         # AI on for this chat: the marker shows in the list.
-        page.get_by_role("switch", name="AI").check()
+        page.get_by_role("switch", name="AI", exact=True).check()
         expect(conv.locator(".marker.ai")).to_be_visible()
         shot(page, "ai-on")
 
@@ -595,6 +595,142 @@ def test_ai_screen_adds_an_article_the_ai_answers_and_the_inbox_shows_a_handoff(
         shot(page, "handoff")
         resume.click()
         expect(page.locator("li.conv.needs-human")).to_have_count(0)
+        assert not page.errors, page.errors
+    finally:
+        context.close()
+
+
+def test_ai_screen_edits_searches_and_pages_and_the_inbox_picks_per_chat(
+    gateway: Server, browser: Any
+) -> None:
+    """The rest of the AI screen: many articles in pages, a search, editing an article and a
+    personality, the model's timeout and history, the handoff message, each account's
+    defaults, what a question would get; and in a chat, its personality and "never AI"."""
+    shot = Shots("ai-edit")
+    context, page = new_page(browser, viewport={"width": 1280, "height": 900})
+    try:
+        token = token_for(gateway.base)
+        sid, phone = linked_account(gateway, token)
+        phone.send(text("Hello there"))
+        for i in range(57):
+            api(
+                gateway.base,
+                token,
+                "POST",
+                "/api/v1/kb/articles",
+                json={"title": f"Article {i:02d}", "body": f"Filler answer number {i}.", "tags": []},
+            )
+        api(
+            gateway.base,
+            token,
+            "POST",
+            "/api/v1/kb/articles",
+            json={"title": "Refunds", "body": "Refunds take five days.", "tags": ["money"]},
+        )
+        login(page, gateway.base)
+        page.get_by_role("link", name="Settings").click()
+        articles = page.locator("li.kb-article")
+        expect(articles).to_have_count(50)
+        page.get_by_role("button", name="More articles").click()
+        expect(articles).to_have_count(58)
+        expect(page.get_by_role("button", name="More articles")).to_be_hidden()
+
+        # Search, then edit what was found.
+        page.get_by_role("searchbox", name="Search articles").fill("refunds")
+        page.locator("form.kb-filter").get_by_role("button", name="Search").click()
+        expect(articles).to_have_count(1)
+        articles.get_by_role("button", name="Edit").click()
+        form = page.locator("form.kb-article-form")
+        expect(form.get_by_label("Title")).to_have_value("Refunds")
+        form.get_by_label("Answer").fill("Refunds reach your card within five working days.")
+        form.get_by_role("button", name="Save article").click()
+        expect(articles.locator(".kb-body")).to_have_text(
+            "Refunds reach your card within five working days."
+        )
+        expect(form.get_by_role("button", name="Add article")).to_be_visible()
+        found = api(gateway.base, token, "GET", "/api/v1/kb/articles", params={"q": "refunds"})
+        assert [a["body"] for a in found["items"]] == [
+            "Refunds reach your card within five working days."
+        ]
+        page.get_by_role("searchbox", name="Search articles").fill("nothing-like-this")
+        page.locator("form.kb-filter").get_by_role("button", name="Search").click()
+        expect(page.get_by_text("No article matches.")).to_be_visible()
+
+        # What a question would get.
+        page.get_by_role("searchbox", name="Try a customer's question").fill("When do refunds reach my card?")
+        page.get_by_role("button", name="Try", exact=True).click()
+        expect(page.locator(".kb-try-answer")).to_have_text("The AI would answer with “Refunds”.")
+        page.get_by_role("searchbox", name="Try a customer's question").fill("Do you sell bicycles?")
+        page.get_by_role("button", name="Try", exact=True).click()
+        expect(page.locator(".kb-try-handoff")).to_be_visible()
+
+        # A personality with a reply cap, then renamed.
+        personas = page.locator("form.ai-personality-form")
+        personas.get_by_label("Name").fill("Lucía")
+        personas.get_by_label("Longest reply (characters)").fill("300")
+        personas.get_by_role("button", name="Add personality").click()
+        expect(page.locator("li.personality")).to_contain_text("up to 300 characters")
+        page.locator("li.personality").get_by_role("button", name="Edit").click()
+        expect(personas.get_by_label("Name")).to_have_value("Lucía")
+        personas.get_by_label("Name").fill("Lucía (ventas)")
+        personas.get_by_role("button", name="Save personality").click()
+        expect(page.locator("li.personality strong")).to_have_text("Lucía (ventas)")
+        (persona,) = api(gateway.base, token, "GET", "/api/v1/personalities")["items"]
+        assert persona["name"] == "Lucía (ventas)"
+        assert persona["max_reply_chars"] == 300
+
+        # The model's timeout and history, and the handoff message.
+        page.get_by_label("Answers come from", exact=True).select_option("openai")
+        page.get_by_label("Model base URL").fill("https://llm.example.com/v1")
+        page.get_by_label("Model", exact=True).fill("llama3")
+        page.get_by_label("Seconds to wait for the model").fill("7")
+        page.get_by_label("Earlier messages of the chat given to the model").fill("4")
+        page.get_by_label("Message when a person takes over").fill("Un momento, le atiende Ana.")
+        page.get_by_role("button", name="Save AI settings").click()
+        expect(page.locator(".ai-provider [role=status]")).to_have_text("Saved.")
+        settings = api(gateway.base, token, "GET", "/api/v1/ai/settings")
+        assert settings["provider"] == "openai"
+        assert settings["timeout_seconds"] == 7
+        assert settings["history_messages"] == 4
+        assert settings["handoff_message"] == "Un momento, le atiende Ana."
+        expect(page.get_by_label("Message when a person takes over")).to_have_value(
+            "Un momento, le atiende Ana."
+        )
+
+        # Each account's defaults.
+        account = page.locator(f"li.ai-account[data-session-id='{sid}']")
+        account.get_by_role("switch", name="AI answers new chats").check()
+        account.get_by_label("Personality of Support").select_option(label="Lucía (ventas)")
+        until(
+            lambda: api(gateway.base, token, "GET", f"/api/v1/sessions/{sid}/ai")
+            == {"session_id": sid, "ai_default": True, "personality_id": persona["id"]},
+            "the account's AI defaults",
+        )
+        shot(page, "settings")
+
+        # In a chat: its own personality, and "never AI" that locks the AI switch off.
+        page.get_by_role("link", name="Inbox").click()
+        page.locator("li.conv").filter(has_text="Ana Souza").get_by_role("button").click()
+        picker = page.get_by_label("Personality", exact=True)
+        expect(picker).to_have_value("")
+        picker.select_option(label="Lucía (ventas)")
+        (conv,) = api(gateway.base, token, "GET", "/api/v1/conversations")["items"]
+        until(
+            lambda: api(gateway.base, token, "GET", f"/api/v1/conversations/{conv['id']}")[
+                "personality_id"
+            ]
+            == persona["id"],
+            "the chat's personality",
+        )
+        page.get_by_role("switch", name="Never AI").check()
+        expect(page.get_by_role("switch", name="AI", exact=True)).to_be_disabled()
+        until(
+            lambda: api(gateway.base, token, "GET", f"/api/v1/conversations/{conv['id']}")[
+                "no_ac_ai"
+            ],
+            "never AI stored",
+        )
+        shot(page, "chat")
         assert not page.errors, page.errors
     finally:
         context.close()

@@ -37,6 +37,7 @@ function preview(last) {
 export async function renderInbox(view) {
   const state = {
     sessions: [],
+    personalities: [],
     filters: { session_id: "", unread: false, archived: false, q: "" },
     conversations: [],
     nextCursor: null,
@@ -182,9 +183,11 @@ export async function renderInbox(view) {
   async function loadSessions() {
     try {
       state.sessions = (await api("/api/v1/sessions")).items;
+      state.personalities = (await api("/api/v1/personalities")).items;
     } catch {
       return;
     }
+    renderHead();
     const chosen = accountSelect.value;
     clear(
       accountSelect,
@@ -217,6 +220,8 @@ export async function renderInbox(view) {
     if (!conv) return;
     const switchFor = (field, label, id) => {
       const box = h("input", { type: "checkbox", role: "switch", id, checked: Boolean(conv[field]) });
+      // "Never AI" wins: the AI switch cannot turn it on while that is set.
+      if (field === "ai_active" && conv.no_ac_ai) box.disabled = true;
       box.addEventListener("change", () => patch({ [field]: box.checked }, box));
       return h("label", { class: "switch", for: id }, box, h("span", {}, label));
     };
@@ -238,10 +243,44 @@ export async function renderInbox(view) {
         "div",
         { class: "switches" },
         switchFor("ai_active", t("inbox.ai"), "switch-ai"),
+        switchFor("no_ac_ai", t("inbox.never_ai"), "switch-never-ai"),
+        personalityPicker(conv),
         switchFor("jira_bridge", t("inbox.jira"), "switch-jira"),
         conv.ticket_key ? h("span", { class: "marker jira" }, conv.ticket_key) : null,
       ),
     );
+  }
+
+  // Which personality the AI speaks with in this chat (empty: the account's default).
+  function personalityPicker(conv) {
+    if (!state.personalities.length && conv.personality_id == null) return null;
+    const picker = h(
+      "select",
+      { class: "personality-picker", "aria-label": t("inbox.personality"), title: t("inbox.personality") },
+      h("option", { value: "" }, t("inbox.personality_default")),
+      state.personalities.map((p) =>
+        h("option", { value: String(p.id), selected: p.id === conv.personality_id }, p.name),
+      ),
+    );
+    picker.addEventListener("change", async () => {
+      picker.disabled = true;
+      try {
+        await patchConversation({ personality_id: picker.value ? Number(picker.value) : null });
+      } catch (err) {
+        composerError.textContent = err.message;
+        picker.value = conv.personality_id == null ? "" : String(conv.personality_id);
+        picker.disabled = false;
+      }
+    });
+    return picker;
+  }
+
+  async function patchConversation(changes) {
+    state.current = await api(`/api/v1/conversations/${state.current.id}`, { method: "PATCH", body: changes });
+    const i = state.conversations.findIndex((c) => c.id === state.current.id);
+    if (i >= 0) state.conversations[i] = state.current;
+    renderList();
+    renderHead();
   }
 
   async function resumeAi() {
@@ -260,11 +299,7 @@ export async function renderInbox(view) {
   async function patch(changes, box) {
     box.disabled = true;
     try {
-      state.current = await api(`/api/v1/conversations/${state.current.id}`, { method: "PATCH", body: changes });
-      const i = state.conversations.findIndex((c) => c.id === state.current.id);
-      if (i >= 0) state.conversations[i] = state.current;
-      renderList();
-      renderHead();
+      await patchConversation(changes);
     } catch (err) {
       box.checked = !box.checked;
       composerError.textContent = err.message;
