@@ -618,7 +618,7 @@ def test_ai_screen_edits_searches_and_pages_and_the_inbox_picks_per_chat(
                 token,
                 "POST",
                 "/api/v1/kb/articles",
-                json={"title": f"Article {i:02d}", "body": f"Filler answer number {i}.", "tags": []},
+                json={"title": f"Article {i:02d}", "body": f"Filler answer number {i}."},
             )
         api(
             gateway.base,
@@ -657,10 +657,11 @@ def test_ai_screen_edits_searches_and_pages_and_the_inbox_picks_per_chat(
         expect(page.get_by_text("No article matches.")).to_be_visible()
 
         # What a question would get.
-        page.get_by_role("searchbox", name="Try a customer's question").fill("When do refunds reach my card?")
+        question = page.get_by_role("searchbox", name="Try a customer's question")
+        question.fill("When do refunds reach my card?")
         page.get_by_role("button", name="Try", exact=True).click()
         expect(page.locator(".kb-try-answer")).to_have_text("The AI would answer with “Refunds”.")
-        page.get_by_role("searchbox", name="Try a customer's question").fill("Do you sell bicycles?")
+        question.fill("Do you sell bicycles?")
         page.get_by_role("button", name="Try", exact=True).click()
         expect(page.locator(".kb-try-handoff")).to_be_visible()
 
@@ -702,8 +703,10 @@ def test_ai_screen_edits_searches_and_pages_and_the_inbox_picks_per_chat(
         account.get_by_role("switch", name="AI answers new chats").check()
         account.get_by_label("Personality of Support").select_option(label="Lucía (ventas)")
         until(
-            lambda: api(gateway.base, token, "GET", f"/api/v1/sessions/{sid}/ai")
-            == {"session_id": sid, "ai_default": True, "personality_id": persona["id"]},
+            lambda: (
+                api(gateway.base, token, "GET", f"/api/v1/sessions/{sid}/ai")
+                == {"session_id": sid, "ai_default": True, "personality_id": persona["id"]}
+            ),
             "the account's AI defaults",
         )
         shot(page, "settings")
@@ -716,10 +719,12 @@ def test_ai_screen_edits_searches_and_pages_and_the_inbox_picks_per_chat(
         picker.select_option(label="Lucía (ventas)")
         (conv,) = api(gateway.base, token, "GET", "/api/v1/conversations")["items"]
         until(
-            lambda: api(gateway.base, token, "GET", f"/api/v1/conversations/{conv['id']}")[
-                "personality_id"
-            ]
-            == persona["id"],
+            lambda: (
+                api(gateway.base, token, "GET", f"/api/v1/conversations/{conv['id']}")[
+                    "personality_id"
+                ]
+                == persona["id"]
+            ),
             "the chat's personality",
         )
         page.get_by_role("switch", name="Never AI").check()
