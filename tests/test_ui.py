@@ -8,6 +8,7 @@ under `tests/artifacts/` (git-ignored) for a human to look at.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import re
 import shutil
@@ -54,8 +55,8 @@ expect.set_options(timeout=WAIT_MS)
 # -- fixtures -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
+@contextlib.contextmanager
+def serving(tmp_path: Path, db_url: str, **env: str) -> Iterator[Server]:
     server = Server(
         tmp_path / "var",
         free_port(),
@@ -71,6 +72,7 @@ def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
         WAGATE_SPOOL_SYNC="flush",
         WAGATE_LOGIN_RATE_LIMIT="100/minute",
         WAGATE_WEBHOOKS_ALLOW_PRIVATE="true",  # the test receiver is on 127.0.0.1
+        **env,
     )
     server.start()
     try:
@@ -82,6 +84,12 @@ def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
             except AssertionError:
                 server.kill()
         server.kill()
+
+
+@pytest.fixture
+def gateway(tmp_path: Path, db_url: str) -> Iterator[Server]:
+    with serving(tmp_path, db_url) as server:
+        yield server
 
 
 @pytest.fixture
@@ -741,19 +749,18 @@ def test_ai_screen_edits_searches_and_pages_and_the_inbox_picks_per_chat(
         context.close()
 
 
-class JiraInThread:
-    """The fake Jira on its own event loop in a thread (the tests here are synchronous)."""
+class InThread:
+    """A fake server (Jira, Graph) on its own event loop in a thread (the tests here are
+    synchronous)."""
 
-    def __init__(self) -> None:
+    def __init__(self, fake: Any) -> None:
         import asyncio
         import threading
-
-        from tests.fakes.jira import FakeJira
 
         self.loop = asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
         self.thread.start()
-        self.fake = FakeJira()
+        self.fake = fake
         self.url = asyncio.run_coroutine_threadsafe(self.fake.start(), self.loop).result(10)
 
     def close(self) -> None:
@@ -772,7 +779,9 @@ def test_jira_screen_connects_tests_and_the_inbox_shows_the_ticket_key(
     from tests.fakes import jira as fj
 
     shot = Shots("jira")
-    jira = JiraInThread()
+    from tests.fakes.jira import FakeJira
+
+    jira = InThread(FakeJira())
     context, page = new_page(browser, viewport={"width": 1280, "height": 1000})
     try:
         token = token_for(gateway.base)
@@ -851,3 +860,97 @@ def test_jira_screen_connects_tests_and_the_inbox_shows_the_ticket_key(
     finally:
         context.close()
         jira.close()
+
+
+@pytest.mark.timeout(180)
+def test_cloud_numbers_screen_adds_checks_replaces_an_expired_token_and_lists_templates(
+    tmp_path: Path, db_url: str, browser: Any
+) -> None:
+    from tests.fakes import graph as fake_graph
+
+    graph = InThread(fake_graph.FakeGraph())
+    graph.fake.templates.append(
+        {
+            "id": "771",
+            "name": "order_shipped",
+            "language": "es",
+            "category": "UTILITY",
+            "status": "APPROVED",
+            "components": [{"type": "BODY", "text": "Tu pedido {{1}} va en camino."}],
+        }
+    )
+    shot = Shots("cloud")
+    try:
+        with serving(
+            tmp_path,
+            db_url,
+            WAGATE_CLOUD_GRAPH_URL=graph.url,
+            WAGATE_CLOUD_API_VERSION=fake_graph.VERSION,
+        ) as server:
+            context, page = new_page(browser, viewport={"width": 1280, "height": 1000})
+            try:
+                login(page, server.base)
+                page.get_by_role("link", name="Settings").click()
+                section = page.locator("section[aria-labelledby=settings-cloud]")
+                expect(section.get_by_text("No Cloud API numbers yet.")).to_be_visible()
+                expect(section.locator(".cloud-webhook-url")).to_have_text(
+                    server.base + "/api/whatsapp/webhook"
+                )
+                form = section.locator("form.cloud-add-form")
+                form.get_by_label("Name").fill("Ventas Cloud")
+                form.get_by_label("Phone number ID").fill(fake_graph.PHONE_NUMBER_ID)
+                form.get_by_label("WhatsApp Business Account ID").fill(fake_graph.WABA_ID)
+                form.get_by_label("Access token").fill(fake_graph.TOKEN)
+                form.get_by_label("App secret").fill(fake_graph.APP_SECRET)
+                form.get_by_label("Webhook verify token").fill(fake_graph.VERIFY_TOKEN)
+                form.get_by_role("button", name="Add a Cloud API number").click()
+                number = section.locator("li.cloud-number").filter(has_text="Ventas Cloud")
+                expect(number).to_contain_text(fake_graph.PHONE_NUMBER_ID)
+                # Meta answers the verification with the verify token typed here.
+                challenge = requests.get(
+                    server.base + "/api/whatsapp/webhook",
+                    params={
+                        "hub.mode": "subscribe",
+                        "hub.verify_token": fake_graph.VERIFY_TOKEN,
+                        "hub.challenge": "1158201444",
+                    },
+                    timeout=10,
+                )
+                assert (challenge.status_code, challenge.text) == (200, "1158201444")
+
+                number.get_by_role("button", name="Check token").click()
+                expect(number.locator(".cloud-check")).to_have_text(
+                    "Token accepted: the access token works"
+                )
+                expect(number.locator(".badge")).to_have_text("Connected")
+
+                # The token expires at Meta: the check says so, the state turns red.
+                graph.fake.tokens = {"EAAG-the-new-token"}
+                number.get_by_role("button", name="Check token").click()
+                expect(number.locator(".cloud-check")).to_contain_text("Token refused")
+                page.get_by_role("link", name="Inbox").click()
+                page.get_by_role("link", name="Settings").click()
+                expect(number.locator(".badge")).to_have_text("Token rejected by Meta")
+                shot(page, "expired")
+
+                # A wrong new token: Meta refuses it and the operator is told; the right one works.
+                number.get_by_role("button", name="Replace token").click()
+                number.get_by_label("New access token").fill("EAAG-a-wrong-token")
+                number.get_by_role("button", name="Save token").click()
+                expect(number.locator(".cloud-check")).to_contain_text("Saved, but Meta refused it")
+                expect(number.locator(".badge")).to_have_text("Token rejected by Meta")
+                number.get_by_label("New access token").fill("EAAG-the-new-token")
+                number.get_by_role("button", name="Save token").click()
+                expect(number.locator(".cloud-check")).to_have_text("New token saved and accepted.")
+                expect(number.locator(".badge")).to_have_text("Connected")
+
+                number.get_by_role("button", name="Templates").click()
+                row = number.locator("tr[data-template=order_shipped]")
+                expect(row).to_contain_text("es")
+                expect(row).to_contain_text("APPROVED")
+                shot(page, "templates")
+                assert not page.errors, page.errors
+            finally:
+                context.close()
+    finally:
+        graph.close()

@@ -17,6 +17,7 @@ const STATE_TONE = {
   replaced: "warn",
   logged_out: "bad",
   banned: "bad",
+  auth_failed: "bad",
   failed: "bad",
 };
 
