@@ -4,16 +4,11 @@
 // "try a question" box that shows what the AI would pick). The API key is never shown back.
 
 import { ApiError, api } from "./api.js";
-import { clear, h } from "./dom.js";
+import { clear, field, h } from "./dom.js";
 import { t } from "./i18n.js";
 
 const LANGS = ["en", "es", "pt"];
 const PAGE = 50;
-
-function field(id, label, input) {
-  input.id = id;
-  return h("div", { class: "field" }, h("label", { for: id }, label), input);
-}
 
 function select(name, options, value) {
   return h(

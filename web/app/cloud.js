@@ -4,19 +4,8 @@
 
 import { ApiError, api } from "./api.js";
 import { stateBadge } from "./accounts.js";
-import { clear, h } from "./dom.js";
+import { clear, field, h } from "./dom.js";
 import { t } from "./i18n.js";
-
-function field(id, label, input, hint) {
-  input.id = id;
-  return h(
-    "div",
-    { class: "field" },
-    h("label", { for: id }, label),
-    input,
-    hint ? h("span", { class: "muted hint" }, hint) : null,
-  );
-}
 
 export function renderCloud(section) {
   const status = h("p", { class: "form-error", role: "alert" });

@@ -20,6 +20,18 @@ export function h(tag, attrs = {}, ...children) {
   return el;
 }
 
+// A labelled form field: <div class="field"><label for=id>label</label>input hint</div>.
+export function field(id, label, input, hint) {
+  input.id = id;
+  return h(
+    "div",
+    { class: "field" },
+    h("label", { for: id }, label),
+    input,
+    hint ? h("p", { class: "muted hint" }, hint) : null,
+  );
+}
+
 export function append(el, children) {
   for (const child of children.flat(Infinity)) {
     if (child === undefined || child === null || child === false) continue;

@@ -5,21 +5,10 @@
 // webhook URL to paste into Jira. Secrets are never shown back: only whether one is set.
 
 import { ApiError, api } from "./api.js";
-import { clear, h } from "./dom.js";
+import { clear, field, h } from "./dom.js";
 import { t } from "./i18n.js";
 
 const REFRESH_MS = 5000;
-
-function field(id, label, input, hint) {
-  input.id = id;
-  return h(
-    "div",
-    { class: "field" },
-    h("label", { for: id }, label),
-    input,
-    hint ? h("p", { class: "muted hint" }, hint) : null,
-  );
-}
 
 function check(id, label, checked) {
   const box = h("input", { type: "checkbox", id, checked: Boolean(checked) });
@@ -240,6 +229,9 @@ export function renderJira(section) {
     );
     form.addEventListener("submit", (event) => {
       event.preventDefault();
+      // Until this save answers, neither an earlier "Saved." nor an earlier test result stands.
+      saved.textContent = "";
+      testResult.textContent = "";
       act(async () => {
         const body = {
           base_url: baseUrl.value.trim(),
