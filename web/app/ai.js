@@ -3,7 +3,7 @@
 // personalities, and the knowledge-base articles it answers from (search, pages, edit, and a
 // "try a question" box that shows what the AI would pick). The API key is never shown back.
 
-import { ApiError, api } from "./api.js";
+import { actionsReportingTo, api } from "./api.js";
 import { clear, field, h } from "./dom.js";
 import { t } from "./i18n.js";
 
@@ -46,14 +46,7 @@ export function renderAi(section) {
     articlesBox,
   );
 
-  async function act(fn) {
-    status.textContent = "";
-    try {
-      await fn();
-    } catch (err) {
-      status.textContent = err instanceof ApiError ? err.message : String(err);
-    }
-  }
+  const act = actionsReportingTo(status);
 
   // -- provider ----------------------------------------------------------------------------
   async function loadProvider() {

@@ -27,6 +27,19 @@ export class ApiError extends Error {
   }
 }
 
+// An action runner for one screen: runs `fn`, and shows what went wrong in `status` (cleared
+// when the next action starts).
+export function actionsReportingTo(status) {
+  return async (fn) => {
+    status.textContent = "";
+    try {
+      await fn();
+    } catch (err) {
+      status.textContent = err instanceof ApiError ? err.message : String(err);
+    }
+  };
+}
+
 function newKey() {
   if (globalThis.crypto?.randomUUID) return crypto.randomUUID();
   return `${Date.now()}-${Math.random().toString(16).slice(2)}`;

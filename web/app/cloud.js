@@ -2,7 +2,7 @@
 // the webhook address to give Meta, check the token, replace an expired token, see the
 // number's message templates and their review status, remove it. Secrets are never shown.
 
-import { ApiError, api } from "./api.js";
+import { actionsReportingTo, api } from "./api.js";
 import { stateBadge } from "./accounts.js";
 import { clear, field, h } from "./dom.js";
 import { t } from "./i18n.js";
@@ -17,14 +17,7 @@ export function renderCloud(section) {
   const notes = new Map();
   const tokenFormOpen = new Set();
 
-  async function act(fn) {
-    status.textContent = "";
-    try {
-      await fn();
-    } catch (err) {
-      status.textContent = err instanceof ApiError ? err.message : String(err);
-    }
-  }
+  const act = actionsReportingTo(status);
 
   // -- adding a number -----------------------------------------------------------------------
   const name = h("input", { type: "text", required: true, maxlength: 100 });
